@@ -1,0 +1,30 @@
+# Two entry points: `make train` (the main job) and `make test`. Both create or update the
+# virtual environment first. TORCH pins the CPU build that lies on this machine's disk; on a
+# GPU machine use e.g. `make train TORCH=torch` (the package itself only asks for torch>=2.3).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: setup train test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+train: setup
+	$(PY) train_joint.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs multirun

@@ -1,0 +1,1 @@
+"""VP-SDE / DDPM mathematics, samplers and likelihoods; knows nothing of networks."""
