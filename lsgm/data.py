@@ -245,7 +245,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) - header_size != expected:
         raise DataError(f"{path}: the header announces shape {dims} ({expected} bytes of data) but the file "
                         f"holds {len(raw) - header_size}; the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype, offset=header_size).reshape(dims)
+    return np.frombuffer(raw, dtype, offset=header_size).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,11 +550,12 @@ class Gaussian:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log density of each row of x (computed in float64, returned in x's dtype)."""
-        centred = (x.to(torch.float64) - self.mean).T
-        whitened = torch.linalg.solve_triangular(self.scale_tril, centred, upper=False)
+        centred = x.to(torch.float64) - self.mean
+        # rows of L^-1 (x - mean), solved as whitened L^T = centred
+        whitened = torch.linalg.solve_triangular(self.scale_tril.T, centred, upper=True, left=False)
         log_det = 2.0 * self.scale_tril.diagonal().log().sum()
         dim = self.mean.shape[0]
-        log_density = -0.5 * (whitened**2).sum(0) - 0.5 * (dim * math.log(2 * math.pi) + log_det)
+        log_density = -0.5 * whitened.square().sum(-1) - 0.5 * (dim * math.log(2 * math.pi) + log_det)
         return log_density.to(x.dtype)
 
 
@@ -746,8 +747,10 @@ class BatchStream:
 
     def __next__(self) -> Batch:
         if self._epoch_batches is None:
-            epoch_batches = batches(self.dataset, self.batch_size, shuffle=True, drop_last=True,
-                                    seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+            epoch_batches = batches(
+                self.dataset, self.batch_size, shuffle=True, drop_last=True, seed=self.seed, epoch=self.epoch,
+                rank=self.rank, world_size=self.world_size,
+            )
             self._epoch_batches = itertools.islice(epoch_batches, self.position, None)
         batch = next(self._epoch_batches, None)
         if batch is None:
