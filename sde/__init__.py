@@ -1,1 +1,24 @@
-"""VP-SDE / DDPM mathematics, samplers and likelihoods; knows nothing of networks."""
+"""VP-SDE / DDPM mathematics, samplers and likelihoods; knows nothing of networks.
+
+A model is a callable `eps_fn(x, t) -> eps`; the score is −eps/σ_t.
+"""
+
+from .ddpm import DDPMSchedule
+from .schedules import CosineSchedule, GeometricSchedule, LinearSchedule
+from .vp import VPSDE, as_time, expand_like
+from .weighting import SCHEMES, TimeSample, likelihood_weight, objective_weight, sample_time
+
+__all__ = [
+    "DDPMSchedule",
+    "VPSDE",
+    "LinearSchedule",
+    "CosineSchedule",
+    "GeometricSchedule",
+    "SCHEMES",
+    "TimeSample",
+    "as_time",
+    "expand_like",
+    "likelihood_weight",
+    "objective_weight",
+    "sample_time",
+]
