@@ -1,0 +1,66 @@
+"""The closed-form Gaussian-mixture score against autograd and scipy densities."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import sde
+from sde.gaussian import GaussianMixture, gaussian
+
+
+def rotated_gaussian(dim=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+    return gaussian(torch.randn(dim, generator=gen, dtype=torch.float64), a @ a.T / dim + 0.1 * torch.eye(dim))
+
+
+def two_d_mixture():
+    means = [[-1.0, 0.5], [1.2, -0.3], [0.0, 1.5]]
+    covs = [[[0.2, 0.05], [0.05, 0.1]], [[0.1, 0.0], [0.0, 0.3]], [[0.05, -0.02], [-0.02, 0.08]]]
+    return GaussianMixture(means, covs, [0.5, 0.3, 0.2])
+
+
+@pytest.mark.parametrize("make", [rotated_gaussian, two_d_mixture])
+def test_log_prob_matches_scipy(make):
+    mix = make()
+    x = mix.sample(50, generator=torch.Generator().manual_seed(1))
+    m, s = 0.8, 0.6
+    expected = np.log(sum(
+        w * scipy.stats.multivariate_normal(m * mu.numpy(), m**2 * c.numpy() + s**2 * np.eye(mix.dim)).pdf(x.numpy())
+        for w, mu, c in zip(mix.weights, mix.means, mix.covs)))
+    assert np.allclose(mix.marginal_log_prob(x, m, s).numpy(), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [rotated_gaussian, two_d_mixture])
+def test_eps_is_minus_std_times_autograd_score(make):
+    mix = make()
+    x = mix.sample(32, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    mean_coeff = torch.linspace(0.2, 0.99, 32, dtype=torch.float64)
+    std = (1 - mean_coeff**2).sqrt()
+    score = torch.autograd.grad(mix.marginal_log_prob(x, mean_coeff, std).sum(), x)[0]
+    assert torch.allclose(mix.eps(x.detach(), mean_coeff, std), -std[:, None] * score, atol=1e-10)
+
+
+def test_samples_have_the_mixture_moments():
+    mix = two_d_mixture()
+    n = 200_000
+    x = mix.sample(n, generator=torch.Generator().manual_seed(3))
+    mean = (mix.weights[:, None] * mix.means).sum(0)
+    second = (mix.weights[:, None, None] * (mix.covs + mix.means[:, :, None] * mix.means[:, None, :])).sum(0)
+    cov = second - mean[:, None] * mean[None, :]
+    assert torch.allclose(x.mean(0), mean, atol=4 * cov.diagonal().max().sqrt().item() / math.sqrt(n))
+    assert torch.allclose(torch.cov(x.T), cov, atol=0.01)
+
+
+def test_eps_fns_continuous_and_discrete_agree_on_the_same_noise_level():
+    mix = rotated_gaussian()
+    vp = sde.VPSDE()
+    schedule = vp.discretize(1000)
+    x = torch.randn(3, 2, 2, dtype=torch.float64)  # any shape with D = 4 entries
+    steps = torch.tensor([1, 400, 900])
+    alpha_bar = schedule.alpha_bars[steps - 1]
+    t = vp.inv_var(1 - alpha_bar)  # the continuous time with the same σ²
+    assert torch.allclose(mix.eps_fn(vp)(x, t), mix.eps_fn_discrete(schedule)(x, steps), atol=1e-8)
