@@ -159,15 +159,15 @@ def _call_with_options(function: Callable, name: str, *arguments, **options):
     return function(*arguments, **options)
 
 
-def _split_rows(num_train_or_test: int, split: str, val_fraction: float) -> slice:
+def _split_rows(num_rows: int, split: str, val_fraction: float) -> slice:
     """Rows of a loaded partition that belong to ``split``: the val split is the last
     round(val_fraction * n) rows of the train partition, the train split the rows before them."""
     if split == "test":
         return slice(None)
-    num_val = round(val_fraction * num_train_or_test)
+    num_val = round(val_fraction * num_rows)
     if split == "val" and num_val == 0:
         raise DataError(f"the val split is empty (val_fraction={val_fraction}); set val_fraction > 0")
-    boundary = num_train_or_test - num_val
+    boundary = num_rows - num_val
     return slice(boundary, None) if split == "val" else slice(0, boundary)
 
 
