@@ -1,0 +1,124 @@
+"""Building blocks of the NVAE cells: a convolution that tracks its spectral norm, normalisation,
+squeeze-and-excitation, and the down/up-sampling skip connections."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+
+def _normalize(t: torch.Tensor) -> torch.Tensor:
+    """t / ||t||_2 over the whole tensor."""
+    return t / t.norm().clamp_min(1e-12)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that estimates its operator norm on inputs of spatial size ``input_size``.
+
+    The linear part of the convolution is a matrix W acting on R^(C_in * H * W); its largest singular
+    value sigma(W) is found by power iteration, v <- W u / ||W u||, u <- W^T v / ||W^T v||, where W u is the
+    convolution (no bias) and W^T v its adjoint, the transposed convolution. u and v are buffers, so
+    the iteration continues across steps and survives checkpoints. ``spectral_norm()`` returns
+    sigma = <v, W u>, differentiable with respect to the weight (Miyato et al. 2018; NVAE's regulariser).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 input_size: int | tuple[int, int], stride: int = 1, groups: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                         groups=groups, bias=bias)
+        self.input_size = _pair(input_size)
+        pad = self.padding[0]
+        out_size = tuple((n + 2 * pad - kernel_size) // stride + 1 for n in self.input_size)
+        self.output_padding = tuple(n - ((m - 1) * stride - 2 * pad + kernel_size)
+                                    for n, m in zip(self.input_size, out_size))
+        self.register_buffer("sn_u", _normalize(torch.randn(1, in_channels, *self.input_size)))
+        self.register_buffer("sn_v", _normalize(torch.randn(1, out_channels, *out_size)))
+        self.power_iteration(10)
+
+    def _apply_linear(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """W u: the convolution without its bias."""
+        return F.conv2d(u, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def _apply_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        """W^T v: the transposed convolution, landing back on the input size."""
+        return F.conv_transpose2d(v, self.weight, None, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation)
+
+    @torch.no_grad()
+    def power_iteration(self, iterations: int = 1) -> None:
+        """Advance the persistent singular-vector estimates u, v by ``iterations`` steps."""
+        u = self.sn_u
+        for _ in range(iterations):
+            v = _normalize(self._apply_linear(u, self.weight))
+            u = _normalize(self._apply_adjoint(v))
+        if iterations > 0:
+            self.sn_u.copy_(u)
+            self.sn_v.copy_(v)
+
+    def spectral_norm(self, iterations: int = 0) -> torch.Tensor:
+        """sigma(W) ~= <v, W u> after ``iterations`` further power steps; gradient flows to the weight."""
+        self.power_iteration(iterations)
+        return (self.sn_v.clone() * self._apply_linear(self.sn_u.clone(), self.weight)).sum()
+
+
+def group_count(channels: int, max_groups: int = 8) -> int:
+    """Number of GroupNorm groups: gcd(channels, max_groups), so groups always divide the channels."""
+    return math.gcd(channels, max_groups)
+
+
+def norm2d(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d (NVAE's momentum 0.05) or GroupNorm (independent of batch size: small batches, CPU)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, momentum=0.05)
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose 'batch' or 'group'")
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(W2 relu(W1 mean_hw(x))): channel gating (Hu et al. 2018), hidden = max(C/16, 4)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(channels // 16, 4)
+        self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * gate[:, :, None, None]
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without discarding pixels: Swish, then four stride-2 1x1 convs on the
+    input shifted by (0,0), (1,1), (0,1), (1,0), concatenated along channels (NVAE's skip for down cells)."""
+
+    SHIFTS = ((0, 0), (1, 1), (0, 1), (1, 0))
+
+    def __init__(self, in_channels: int, out_channels: int, input_size: int):
+        super().__init__()
+        if out_channels < 4:
+            raise ValueError(f"FactorizedReduce needs at least 4 output channels, got {out_channels}")
+        split = [out_channels // 4] * 3 + [out_channels - 3 * (out_channels // 4)]
+        self.convs = nn.ModuleList(
+            Conv2d(in_channels, c, 1, (input_size - dy, input_size - dx), stride=2)
+            for c, (dy, dx) in zip(split, self.SHIFTS)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(x)
+        return torch.cat([conv(x[:, :, dy:, dx:]) for conv, (dy, dx) in zip(self.convs, self.SHIFTS)], dim=1)
+
+
+class UpSample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 1x1 conv (the skip of up cells)."""
+
+    def __init__(self, in_channels: int, out_channels: int, input_size: int):
+        super().__init__()
+        self.conv = Conv2d(in_channels, out_channels, 1, 2 * input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,320 @@
+"""The hierarchical VAE (NVAE, Vahdat & Kautz 2020) with its own residual-Normal prior.
+
+Bottom-up, an encoder tower turns x into one feature map per latent group. Top-down, a decoder walks
+the groups from the coarsest scale to the finest, g = 1..G; at each group its state h gives the
+conditional prior p(z_g | z_<g) = N(mu_p, sigma_p) (N(0, I) for the first group), and with the encoder
+feature the residual posterior q(z_g | x, z_<g) = N(mu_p + dmu, sigma_p * exp(dlog_sigma)). The sample z_g
+is merged into h, and after the last group h is turned into the output distribution p(x | z).
+
+ELBO(x) = E_q[log p(x | z)] - sum_g E_q[KL(q(z_g | x, z_<g) || p(z_g | z_<g))]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from nvae.cells import DecoderCell, EncoderCell
+from nvae.distributions import DiscreteImageDistribution, Normal, output_distribution, output_param_channels
+from nvae.layers import Conv2d
+from nvae.regularizers import balanced_kl, norm_loss, spectral_norm_loss
+
+SOFT_CLAMP = 5.0
+
+
+def soft_clamp(x: torch.Tensor, bound: float = SOFT_CLAMP) -> torch.Tensor:
+    """bound * tanh(x / bound): smooth clamp of Normal parameters to (-bound, bound) (NVAE's NaN guard)."""
+    return bound * torch.tanh(x / bound)
+
+
+def nats_to_bpd(nats: torch.Tensor, dims: int) -> torch.Tensor:
+    """bits/dim = nats / (D ln 2)."""
+    return nats / (dims * math.log(2.0))
+
+
+@dataclass
+class Latents:
+    """Posterior latents per group, top (coarsest) scale first; every per-sample term is (B,)."""
+
+    z: list[torch.Tensor]
+    mu: list[torch.Tensor]
+    log_std: list[torch.Tensor]
+    log_q: list[torch.Tensor]  # log q(z_g | x, z_<g) at the sample
+    log_p: list[torch.Tensor]  # log p(z_g | z_<g) under the VAE's own prior
+    kl: list[torch.Tensor]  # analytic KL(q(z_g | x, z_<g) || p(z_g | z_<g))
+
+
+@dataclass
+class VAEOutput(Latents):
+    """One encoder + decoder pass: the posterior latents and the output distribution p(x | z)."""
+
+    dist: DiscreteImageDistribution | None = None
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Where a latent group lives: its scale (0 = top), resolution and decoder channels."""
+
+    scale: int
+    size: int
+    channels: int
+    first_in_scale: bool
+
+
+class LatentGroup(nn.Module):
+    """The top-down machinery of one latent group.
+
+    block:     decoder cells run on h before this group (an up cell first at a new scale);
+    prior:     h -> (mu_p, log_sigma_p) by ELU-conv3x3 (absent for the first group: N(0, I));
+    combine_q: the posterior's input, enc_feature + conv1x1(h) (first group: ELU-conv1x1-ELU(enc_feature));
+    posterior: conv3x3 -> (dmu, dlog_sigma);
+    combine_z: h <- conv1x1([h, z_g]).
+    """
+
+    def __init__(self, spec: GroupSpec, latent_channels: int, block: nn.Module | None):
+        super().__init__()
+        ch, size, lat = spec.channels, spec.size, latent_channels
+        self.top = block is None
+        self.block = nn.Identity() if block is None else block
+        self.prior = None if self.top else nn.Sequential(nn.ELU(), Conv2d(ch, 2 * lat, 3, size))
+        self.combine_q = (nn.Sequential(nn.ELU(), Conv2d(ch, ch, 1, size), nn.ELU()) if self.top
+                          else Conv2d(ch, ch, 1, size))
+        self.posterior = Conv2d(ch, 2 * lat, 3, size)
+        self.combine_z = Conv2d(ch + lat, ch, 1, size)
+        self.shape = (lat, size, size)
+
+    def prior_dist(self, h: torch.Tensor) -> Normal:
+        """p(z_g | z_<g) = N(soft_clamp(mu_p), exp(soft_clamp(log_sigma_p)))."""
+        if self.prior is None:
+            return Normal.standard((h.shape[0], *self.shape), h.device, h.dtype)
+        mu, log_std = self.prior(h).chunk(2, dim=1)
+        return Normal(soft_clamp(mu), soft_clamp(log_std))
+
+    def posterior_dist(self, h: torch.Tensor, feature: torch.Tensor, prior: Normal) -> Normal:
+        """q(z_g | x, z_<g) = N(mu_p + soft_clamp(dmu), exp(log_sigma_p + soft_clamp(dlog_sigma)))."""
+        ftr = self.combine_q(feature) if self.top else feature + self.combine_q(h)
+        d_mu, d_log_std = self.posterior(ftr).chunk(2, dim=1)
+        return Normal(prior.mu + soft_clamp(d_mu), prior.log_std + soft_clamp(d_log_std))
+
+    def merge(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.combine_z(torch.cat([h, z], dim=1))
+
+
+class NVAE(nn.Module):
+    """Hierarchical VAE over images in [-1, 1] with ``levels`` values per pixel.
+
+    Layout: stem conv, ``num_preprocess`` blocks of (cells, down cell), then ``num_scales`` latent scales
+    (resolution halves and channels grow by ``channel_mult`` towards the top); ``groups_per_scale``
+    (int, or one int per scale listed top first) groups of ``latent_channels`` each; ``cells_per_group``
+    cells between groups; the decoder mirrors it and ends with ELU-conv3x3 into the ``output``
+    distribution ('categorical', 'logistic_mixture', 'gaussian', 'bernoulli').
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 8, levels: int = 17, channels: int = 32,
+                 num_scales: int = 2, groups_per_scale: int | Sequence[int] = 2, latent_channels: int = 4,
+                 cells_per_group: int = 1, num_preprocess: int = 1, channel_mult: int = 2,
+                 output: str = "categorical", num_mixtures: int = 3, norm: str = "group",
+                 dropout: float = 0.1, decoder_expansion: int = 3):
+        super().__init__()
+        factor = 2 ** (num_preprocess + num_scales - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size {image_size} must be divisible by 2**(num_preprocess + num_scales"
+                             f" - 1) = {factor}; lower num_preprocess or num_scales")
+        groups = [groups_per_scale] * num_scales if isinstance(groups_per_scale, int) else [*groups_per_scale]
+        if len(groups) != num_scales or min(groups) < 1:
+            raise ValueError(f"groups_per_scale needs {num_scales} positive entries (top first), "
+                             f"got {groups}")
+        self.in_channels, self.image_size, self.levels = in_channels, image_size, levels
+        self.output, self.num_mixtures = output, num_mixtures
+        self.num_dims = in_channels * image_size * image_size
+        param_channels = in_channels * output_param_channels(output, levels, num_mixtures)
+        cell = {"norm": norm, "dropout": dropout}
+        dec_cell = {**cell, "expansion": decoder_expansion}
+
+        def width(downs: int) -> int:
+            return channels * channel_mult**downs
+
+        def size_at(downs: int) -> int:
+            return image_size // 2**downs
+
+        # Bottom-up: stem, preprocessing, then groups from the finest scale to the top.
+        self.stem = Conv2d(in_channels, channels, 3, image_size)
+        pre = []
+        for d in range(num_preprocess):
+            pre += [EncoderCell(width(d), width(d), size_at(d), **cell) for _ in range(cells_per_group)]
+            pre.append(EncoderCell(width(d), width(d + 1), size_at(d), downsample=True, **cell))
+        self.preprocess = nn.Sequential(*pre)
+        self.specs: list[GroupSpec] = []
+        for s in range(num_scales):  # s = 0 is the top scale
+            downs = num_preprocess + num_scales - 1 - s
+            self.specs += [GroupSpec(s, size_at(downs), width(downs), g == 0) for g in range(groups[s])]
+        self.encoder_groups = nn.ModuleList()
+        self.encoder_down = nn.ModuleList()
+        for spec in reversed(self.specs):
+            ch, size = spec.channels, spec.size
+            self.encoder_groups.append(
+                nn.Sequential(*[EncoderCell(ch, ch, size, **cell) for _ in range(cells_per_group)]))
+            if spec.first_in_scale and spec.scale > 0:
+                self.encoder_down.append(EncoderCell(ch, ch * channel_mult, size, downsample=True, **cell))
+
+        # Top-down: a learned input, one LatentGroup per group, postprocessing and the output head.
+        top = self.specs[0]
+        self.decoder_input = nn.Parameter(torch.rand(1, top.channels, top.size, top.size))
+        self.groups = nn.ModuleList()
+        for i, spec in enumerate(self.specs):
+            block = None
+            if i > 0:
+                cells = []
+                if spec.first_in_scale:
+                    cells.append(DecoderCell(spec.channels * channel_mult, spec.channels, spec.size // 2,
+                                             upsample=True, **dec_cell))
+                cells += [DecoderCell(spec.channels, spec.channels, spec.size, **dec_cell)
+                          for _ in range(cells_per_group)]
+                block = nn.Sequential(*cells)
+            self.groups.append(LatentGroup(spec, latent_channels, block))
+        post = []
+        for d in reversed(range(num_preprocess)):
+            post.append(DecoderCell(width(d + 1), width(d), size_at(d + 1), upsample=True, **dec_cell))
+            post += [DecoderCell(width(d), width(d), size_at(d), **dec_cell) for _ in range(cells_per_group)]
+        self.postprocess = nn.Sequential(*post)
+        self.head = nn.Sequential(nn.ELU(), Conv2d(channels, param_channels, 3, image_size))
+
+        area = torch.tensor([float(s.size**2) for s in self.specs])
+        per_scale = torch.tensor([float(groups[s.scale]) for s in self.specs])
+        alpha = area / per_scale
+        self.register_buffer("kl_alpha", alpha / alpha.min(), persistent=False)
+        self.num_top_groups = groups[0]
+        self.top_shape = (groups[0] * latent_channels, top.size, top.size)
+
+    # ----------------------------------------------------------------------------------- latents
+    @property
+    def group_shapes(self) -> list[tuple[int, int, int]]:
+        """(C, H, W) of every latent group, top first."""
+        return [g.shape for g in self.groups]
+
+    def concat_top(self, z: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The top scale's groups concatenated along channels: (B, *top_shape)."""
+        return torch.cat(list(z[: self.num_top_groups]), dim=1)
+
+    def split_top(self, z_top: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of ``concat_top``: the list of top-scale groups."""
+        return list(z_top.chunk(self.num_top_groups, dim=1))
+
+    def _encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Bottom-up pass: one feature map per group, returned top first."""
+        h = self.preprocess(self.stem(x))
+        features, downs = [], iter(self.encoder_down)
+        for block, spec in zip(self.encoder_groups, reversed(self.specs)):
+            h = block(h)
+            features.append(h)
+            if spec.first_in_scale and spec.scale > 0:
+                h = next(downs)(h)
+        return features[::-1]
+
+    def _initial_state(self, batch_size: int) -> torch.Tensor:
+        return self.decoder_input.expand(batch_size, -1, -1, -1)
+
+    def _top_down_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, Latents]:
+        """Top-down pass with z_g ~ q(z_g | x, z_<g); returns the final decoder state and the latents."""
+        features = self._encoder_features(x)
+        h = self._initial_state(x.shape[0])
+        latents = Latents([], [], [], [], [], [])
+        for group, feature in zip(self.groups, features):
+            h = group.block(h)
+            prior = group.prior_dist(h)
+            q = group.posterior_dist(h, feature, prior)
+            z = q.sample()
+            latents.z.append(z)
+            latents.mu.append(q.mu)
+            latents.log_std.append(q.log_std)
+            latents.log_q.append(q.log_prob(z).flatten(1).sum(1))
+            latents.log_p.append(prior.log_prob(z).flatten(1).sum(1))
+            latents.kl.append(q.kl(prior).flatten(1).sum(1))
+            h = group.merge(h, z)
+        return h, latents
+
+    def _output(self, h: torch.Tensor) -> DiscreteImageDistribution:
+        params = self.head(self.postprocess(h))
+        return output_distribution(self.output, params, self.in_channels, self.levels, self.num_mixtures)
+
+    def encode(self, x: torch.Tensor) -> Latents:
+        """Posterior samples, parameters, log q, log p and KL per group (top first) for images x."""
+        return self._top_down_posterior(x)[1]
+
+    def forward(self, x: torch.Tensor) -> VAEOutput:
+        """One encoder + decoder pass with posterior samples."""
+        h, latents = self._top_down_posterior(x)
+        return VAEOutput(**vars(latents), dist=self._output(h))
+
+    def decode(self, z: Sequence[torch.Tensor | None], temperature: float = 1.0,
+               batch_size: int | None = None) -> DiscreteImageDistribution:
+        """p(x | z) for a list of groups (top first); a None entry is drawn from the VAE's conditional
+        prior p(z_g | z_<g) with its std scaled by ``temperature``. ``batch_size`` is needed only when
+        every entry is None."""
+        if len(z) != len(self.groups):
+            raise ValueError(f"decode needs {len(self.groups)} latent groups (None to sample), got {len(z)}")
+        given = [t for t in z if t is not None]
+        if not given and batch_size is None:
+            raise ValueError("decode got no latent tensor: pass batch_size to sample every group")
+        h = self._initial_state(given[0].shape[0] if given else batch_size)
+        for group, z_g in zip(self.groups, z):
+            h = group.block(h)
+            z_g = group.prior_dist(h).sample(temperature) if z_g is None else z_g
+            h = group.merge(h, z_g)
+        return self._output(h)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
+        """n images in [-1, 1] from the VAE's own prior: x ~ p(x | z) (or its mean), z ~ p_T(z)."""
+        dist = self.decode([None] * len(self.groups), temperature, batch_size=n)
+        return dist.mean() if mean else dist.sample()
+
+    # ----------------------------------------------------------------------------------- objectives
+    def loss(self, x: torch.Tensor, kl_weight: float = 1.0, kl_balance: bool = True) -> dict:
+        """Negative ELBO with the KL weighted (and balanced during warm-up, see ``balanced_kl``):
+        loss = mean_B[ -log p(x | z) + kl_weight * sum_g gamma_g KL_g ], z ~ q.
+
+        Returns 'loss' (scalar), 'recon' = -log p(x | z) (B,), 'kl_groups' (B, G), 'elbo_nats' =
+        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), and 'bpd' = -elbo / (D ln 2) (B,).
+        """
+        out = self(x)
+        recon = -out.dist.log_prob(x)
+        kl = torch.stack(out.kl, dim=1)
+        kl_term = balanced_kl(kl, self.kl_alpha, kl_weight) if kl_balance else kl_weight * kl.sum(1)
+        elbo = -(recon + kl.sum(1))
+        return {"loss": (recon + kl_term).mean(), "recon": recon, "kl_groups": kl, "elbo_nats": elbo,
+                "bpd": nats_to_bpd(-elbo, self.num_dims)}
+
+    @torch.no_grad()
+    def nll(self, x: torch.Tensor, k: int = 100, max_batch: int = 4096) -> torch.Tensor:
+        """Importance-weighted bound (Burda et al. 2016) on -log p(x), in nats, (B,):
+        -log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x);
+        it is >= -log p(x) and tightens as k grows; k = 1 is the single-sample ELBO.
+        Samples are drawn in chunks of at most ``max_batch`` images."""
+        b = x.shape[0]
+        per_chunk = max(1, max_batch // b)
+        log_w = []
+        for start in range(0, k, per_chunk):
+            c = min(per_chunk, k - start)
+            xr = x.repeat(c, *([1] * (x.dim() - 1)))
+            out = self(xr)
+            w = out.dist.log_prob(xr) + sum(lp - lq for lp, lq in zip(out.log_p, out.log_q))
+            log_w.append(w.view(c, b))
+        return math.log(k) - torch.logsumexp(torch.cat(log_w, dim=0), dim=0)
+
+    def nll_bpd(self, x: torch.Tensor, k: int = 100, max_batch: int = 4096) -> torch.Tensor:
+        """``nll`` in bits/dim, (B,)."""
+        return nats_to_bpd(self.nll(x, k, max_batch), self.num_dims)
+
+    def spectral_norm_loss(self, iterations: int = 1) -> torch.Tensor:
+        """Sum of the spectral norms of every convolution (see ``nvae.regularizers``)."""
+        return spectral_norm_loss(self, iterations)
+
+    def norm_loss(self) -> torch.Tensor:
+        """Sum over normalisation layers of max |gamma| (see ``nvae.regularizers``)."""
+        return norm_loss(self)
+

@@ -1,0 +1,98 @@
+"""The spectral-norm estimate of every kind of convolution, the cells and the regularisers."""
+
+import pytest
+import torch
+
+from nvae.cells import DecoderCell, EncoderCell
+from nvae.layers import Conv2d, norm2d
+from nvae.regularizers import balanced_kl, norm_loss, spectral_norm_loss
+
+
+def _dense_operator(conv: Conv2d) -> torch.Tensor:
+    """The convolution without bias as a dense matrix: columns are its outputs on the input basis."""
+    c, (h, w) = conv.in_channels, conv.input_size
+    basis = torch.eye(c * h * w, dtype=torch.float64).view(-1, c, h, w)
+    out = torch.nn.functional.conv2d(basis, conv.weight.double(), None, conv.stride, conv.padding,
+                                     conv.dilation, conv.groups)
+    return out.flatten(1).T
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"in_channels": 3, "out_channels": 5, "kernel_size": 3, "input_size": 6},
+    {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "input_size": 8, "stride": 2},
+    {"in_channels": 6, "out_channels": 6, "kernel_size": 5, "input_size": 5, "groups": 6},
+    {"in_channels": 4, "out_channels": 2, "kernel_size": 1, "input_size": (7, 8), "stride": 2},
+    {"in_channels": 8, "out_channels": 3, "kernel_size": 1, "input_size": 4},
+])
+def test_spectral_norm_matches_svd_of_the_unfolded_operator(kwargs):
+    torch.manual_seed(0)
+    conv = Conv2d(**kwargs)
+    sigma = conv.spectral_norm(iterations=200).item()
+    exact = torch.linalg.svdvals(_dense_operator(conv))[0].item()
+    assert sigma == pytest.approx(exact, rel=0.02)
+
+
+def test_adjoint_is_the_transpose():
+    torch.manual_seed(0)
+    conv = Conv2d(3, 4, 3, 7, stride=2)
+    u, v = torch.randn(1, 3, 7, 7), torch.randn(1, 4, 4, 4)
+    lhs = (conv._apply_linear(u, conv.weight) * v).sum()
+    rhs = (u * conv._apply_adjoint(v)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-5)
+
+
+def test_power_iteration_state_survives_a_checkpoint():
+    torch.manual_seed(0)
+    conv = Conv2d(4, 4, 3, 6)
+    conv.power_iteration(50)
+    copy = Conv2d(4, 4, 3, 6)
+    copy.load_state_dict(conv.state_dict())
+    assert torch.equal(copy.sn_u, conv.sn_u) and torch.equal(copy.sn_v, conv.sn_v)
+    assert copy.spectral_norm().item() == pytest.approx(conv.spectral_norm().item(), rel=1e-6)
+
+
+def test_spectral_loss_has_gradient_on_weights_and_sums_every_conv():
+    torch.manual_seed(0)
+    cell = EncoderCell(8, 16, 4, downsample=True)
+    loss = spectral_norm_loss(cell, iterations=0)
+    convs = [m for m in cell.modules() if isinstance(m, Conv2d)]
+    assert loss.item() == pytest.approx(sum(c.spectral_norm().item() for c in convs), rel=1e-5)
+    loss.backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+
+
+def test_norm_loss_is_sum_of_max_abs_scales():
+    layers = torch.nn.Sequential(norm2d("batch", 4), norm2d("group", 8))
+    with torch.no_grad():
+        layers[0].weight.copy_(torch.tensor([0.5, -3.0, 1.0, 2.0]))
+        layers[1].weight.fill_(1.5)
+    assert norm_loss(layers).item() == pytest.approx(4.5)
+
+
+def test_norm_choice():
+    assert isinstance(norm2d("batch", 12), torch.nn.BatchNorm2d)
+    gn = norm2d("group", 12)
+    assert isinstance(gn, torch.nn.GroupNorm) and 12 % gn.num_groups == 0
+    with pytest.raises(ValueError, match="'batch' or 'group'"):
+        norm2d("layer", 4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_cells_change_resolution_and_channels(norm):
+    x = torch.randn(2, 8, 4, 4)
+    assert EncoderCell(8, 8, 4, norm).forward(x).shape == (2, 8, 4, 4)
+    assert EncoderCell(8, 16, 4, norm, downsample=True)(x).shape == (2, 16, 2, 2)
+    assert DecoderCell(8, 8, 4, norm)(x).shape == (2, 8, 4, 4)
+    assert DecoderCell(8, 4, 4, norm, upsample=True)(x).shape == (2, 4, 8, 8)
+
+
+def test_balanced_kl():
+    kl = torch.tensor([[1.0, 4.0, 0.0], [3.0, 8.0, 0.2]], requires_grad=True)
+    alpha = torch.tensor([1.0, 4.0, 4.0])
+    assert torch.allclose(balanced_kl(kl, alpha, 1.0), kl.sum(1))
+    out = balanced_kl(kl, alpha, 0.5)
+    gamma = (kl.abs().mean(0) + 0.01) / alpha
+    gamma = gamma / gamma.mean()
+    assert torch.allclose(out, 0.5 * (kl * gamma).sum(1))
+    out.sum().backward()
+    assert torch.allclose(kl.grad, 0.5 * gamma.detach().expand(2, 3))  # the weights carry no gradient

@@ -1,0 +1,126 @@
+"""The hierarchical VAE: its latents, its bounds, and the interface the LSGM code relies on."""
+
+import math
+
+import pytest
+import torch
+from conftest import TINY
+from scipy import stats
+
+import nvae
+from nvae.distributions import bin_centers
+
+
+@pytest.fixture
+def vae():
+    torch.manual_seed(0)
+    return nvae.NVAE(**TINY).eval()
+
+
+@torch.no_grad()
+def test_log_q_of_a_sample_is_the_normal_density(vae, digits):
+    out = vae(digits[:8])
+    for z, mu, log_std, log_q in zip(out.z, out.mu, out.log_std, out.log_q):
+        expected = stats.norm.logpdf(z.double().numpy(), mu.double().numpy(), log_std.double().exp().numpy())
+        assert torch.allclose(log_q.double(), torch.from_numpy(expected).flatten(1).sum(1), rtol=1e-5)
+
+
+def test_output_lists_follow_the_groups_top_first(vae, digits):
+    out = vae(digits[:5])
+    assert [tuple(z.shape[1:]) for z in out.z] == vae.group_shapes == [(2, 2, 2), (2, 4, 4)]
+    assert all(t.shape == (5,) for t in out.log_q + out.log_p + out.kl)
+    assert all((kl >= 0).all() for kl in out.kl)
+    assert vae.num_top_groups == 1 and vae.top_shape == (2, 2, 2)
+
+
+def test_concat_and_split_top():
+    torch.manual_seed(0)
+    vae = nvae.NVAE(**{**TINY, "groups_per_scale": [3, 1]})
+    z = [torch.randn(4, *shape) for shape in vae.group_shapes]
+    top = vae.concat_top(z)
+    assert top.shape == (4, *vae.top_shape) == (4, 6, 2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(vae.split_top(top), z[:3]))
+
+
+def test_decode_uses_given_latents_and_samples_the_rest(vae, digits):
+    x = digits[:6]
+    out = vae(x)
+    assert torch.allclose(vae.decode(out.z).log_prob(x), out.dist.log_prob(x), atol=1e-5)
+    torch.manual_seed(1)
+    a = vae.decode([out.z[0], None]).log_prob(x)
+    torch.manual_seed(2)
+    b = vae.decode([out.z[0], None]).log_prob(x)
+    assert not torch.allclose(a, b)  # the lower group is drawn from the prior
+    cold = vae.decode([out.z[0], None], temperature=0.0).log_prob(x)
+    assert torch.allclose(cold, vae.decode([out.z[0], None], temperature=0.0).log_prob(x))
+    with pytest.raises(ValueError, match="batch_size"):
+        vae.decode([None, None])
+    with pytest.raises(ValueError, match="2 latent groups"):
+        vae.decode([None])
+
+
+def test_samples_lie_on_the_bins(vae):
+    x = vae.sample(7)
+    assert x.shape == (7, 1, 8, 8)
+    assert torch.isin(x, bin_centers(17)).all()
+    m = vae.sample(3, temperature=0.5, mean=True)
+    assert m.abs().max() <= 1.0
+
+
+def test_loss_terms_add_up(vae, digits):
+    x = digits[:16]
+    torch.manual_seed(0)
+    terms = vae.loss(x)
+    assert torch.allclose(terms["elbo_nats"], -(terms["recon"] + terms["kl_groups"].sum(1)))
+    assert torch.allclose(terms["bpd"], -terms["elbo_nats"] / (64 * math.log(2)))
+    assert terms["loss"].item() == pytest.approx(-terms["elbo_nats"].mean().item(), rel=1e-6)
+    torch.manual_seed(0)
+    warm = vae.loss(x, kl_weight=0.1, kl_balance=False)
+    expected = (warm["recon"] + 0.1 * warm["kl_groups"].sum(1)).mean()
+    assert warm["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_iwae_with_one_sample_is_the_single_sample_elbo(vae, digits):
+    x = digits[:16]
+    torch.manual_seed(3)
+    nll = vae.nll(x, k=1)
+    torch.manual_seed(3)
+    out = vae(x)
+    elbo = out.dist.log_prob(x) + sum(lp - lq for lp, lq in zip(out.log_p, out.log_q))
+    assert torch.allclose(nll, -elbo, rtol=1e-5)
+
+
+def test_iwae_on_a_trained_model(trained):
+    vae, _, val = trained
+    torch.manual_seed(0)
+    analytic = -vae.loss(val)["elbo_nats"].mean().item()
+    one = vae.nll(val, k=1)
+    se = one.std().item() / math.sqrt(one.numel())
+    assert one.mean().item() == pytest.approx(analytic, abs=4 * se + 0.05)  # k = 1 is the ELBO on average
+    k16 = vae.nll(val, k=16).mean().item()
+    assert k16 < analytic and k16 < one.mean().item()  # tighter, never larger
+    k64 = vae.nll(val, k=64, max_batch=2000).mean().item()  # chunked: 2000 // 128 = 15 samples a pass
+    assert k64 <= k16 + 0.05
+
+
+@pytest.mark.parametrize("output,levels,channels", [("logistic_mixture", 256, 3), ("gaussian", 17, 1),
+                                                    ("bernoulli", 2, 1)])
+def test_other_outputs_and_batch_norm_train(output, levels, channels):
+    torch.manual_seed(0)
+    vae = nvae.NVAE(in_channels=channels, image_size=16, levels=levels, output=output, norm="batch",
+                    **{**TINY, "num_scales": 3})
+    x = bin_centers(levels)[torch.randint(0, levels, (4, channels, 16, 16))]
+    terms = vae.loss(x, kl_weight=0.5)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and all(
+        torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
+    assert vae.group_shapes[0] == (2, 2, 2) and vae.sample(2).shape == (2, channels, 16, 16)
+
+
+def test_configuration_errors_name_the_fix():
+    with pytest.raises(ValueError, match="divisible"):
+        nvae.NVAE(image_size=8, num_scales=3, num_preprocess=2)
+    with pytest.raises(ValueError, match="groups_per_scale"):
+        nvae.NVAE(groups_per_scale=[1, 2, 3])
+    with pytest.raises(ValueError, match="choose one of"):
+        nvae.NVAE(output="poisson")
