@@ -40,6 +40,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sde.gaussian import GaussianMixture
+from sde.gaussian import gaussian as gaussian_distribution
+
 SPLITS = ("train", "val", "test")
 
 
@@ -528,61 +531,6 @@ IMAGE_LOADERS: dict[str, Callable[..., PixelArrays]] = {
 # Toy distributions: sample(num_samples, generator) -> (N, D); log_prob(x) -> (N,) where exact
 
 
-class Gaussian:
-    """N(mean, covariance) in D dimensions, with the exact density
-    log p(x) = -1/2 (x - mean)^T covariance^-1 (x - mean) - 1/2 log det(2 pi covariance)."""
-
-    def __init__(self, mean, covariance):
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
-        self.covariance = torch.as_tensor(covariance, dtype=torch.float64)
-        dim = self.mean.shape[0] if self.mean.ndim == 1 else -1
-        if self.covariance.shape != (dim, dim):
-            raise DataError(f"gaussian: mean must be (D,) and covariance (D, D), got "
-                            f"{tuple(self.mean.shape)} and {tuple(self.covariance.shape)}")
-        self.scale_tril, info = torch.linalg.cholesky_ex(self.covariance)
-        if info.item() != 0:
-            raise DataError("gaussian: the covariance is not symmetric positive definite")
-
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """num_samples points x = mean + L z, z ~ N(0, I), L the Cholesky factor (float32)."""
-        noise = torch.randn(num_samples, self.mean.shape[0], generator=generator, dtype=torch.float64)
-        return (self.mean + noise @ self.scale_tril.T).to(torch.float32)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log density of each row of x (computed in float64, returned in x's dtype)."""
-        centred = x.to(torch.float64) - self.mean
-        # rows of L^-1 (x - mean), solved as whitened L^T = centred
-        whitened = torch.linalg.solve_triangular(self.scale_tril.T, centred, upper=True, left=False)
-        log_det = 2.0 * self.scale_tril.diagonal().log().sum()
-        dim = self.mean.shape[0]
-        log_density = -0.5 * whitened.square().sum(-1) - 0.5 * (dim * math.log(2 * math.pi) + log_det)
-        return log_density.to(x.dtype)
-
-
-class GaussianMixture:
-    """A mixture sum_k w_k N(x; component_k) with the exact density
-    log p(x) = logsumexp_k (log w_k + log N(x; component_k))."""
-
-    def __init__(self, components: list[Gaussian], weights=None):
-        self.components = components
-        weights = torch.ones(len(components)) if weights is None else torch.as_tensor(weights)
-        self.weights = weights.to(torch.float64) / weights.sum()
-
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw a component per point from the weights, then the point from that component."""
-        choice = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
-        points = torch.empty(num_samples, self.components[0].mean.shape[0])
-        for index, component in enumerate(self.components):
-            chosen = choice == index
-            points[chosen] = component.sample(int(chosen.sum()), generator)
-        return points
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log density of each row of x (computed in float64, returned in x's dtype)."""
-        per_component = torch.stack([c.log_prob(x.to(torch.float64)) for c in self.components], dim=-1)
-        return torch.logsumexp(per_component + self.weights.log(), dim=-1).to(x.dtype)
-
-
 class Checkerboard:
     """Uniform density on the 8 dark squares of a 4x4 checkerboard over [-2, 2)^2 (squares whose
     row + column is even): log p(x) = -log 8 on them, -inf elsewhere."""
@@ -623,20 +571,28 @@ class TwoMoons:
 
 
 def gaussian_mixture(num_components: int = 8, radius: float = 2.0, std: float = 0.2) -> GaussianMixture:
-    """Equal-weight isotropic Gaussians (standard deviation ``std``) evenly spaced on a circle."""
+    """Equal-weight isotropic Gaussians (standard deviation ``std``) evenly spaced on a circle; the exact
+    density and score are those of `sde.gaussian.GaussianMixture`."""
     angles = 2 * math.pi * torch.arange(num_components, dtype=torch.float64) / num_components
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return GaussianMixture([Gaussian(mean, std**2 * torch.eye(2)) for mean in means])
+    return GaussianMixture(means, torch.full((num_components, 2), std**2, dtype=torch.float64))
 
 
-def gaussian(dim: int = 2, mean=None, covariance=None) -> Gaussian:
+def gaussian(dim: int = 2, mean=None, covariance=None) -> GaussianMixture:
     """N(mean, covariance) in ``dim`` dimensions; by default mean 0 and the correlated covariance
     covariance_ij = 0.5^|i - j|."""
-    mean = torch.zeros(dim) if mean is None else mean
+    mean = torch.zeros(dim, dtype=torch.float64) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
     if covariance is None:
         distance = (torch.arange(dim)[:, None] - torch.arange(dim)[None, :]).abs()
         covariance = 0.5 ** distance.to(torch.float64)
-    return Gaussian(mean, covariance)
+    covariance = torch.as_tensor(covariance, dtype=torch.float64)
+    if mean.ndim != 1 or covariance.shape != (mean.shape[0], mean.shape[0]):
+        raise DataError(f"gaussian: mean must be (D,) and covariance (D, D), got "
+                        f"{tuple(mean.shape)} and {tuple(covariance.shape)}")
+    try:
+        return gaussian_distribution(mean, covariance)
+    except ValueError as error:
+        raise DataError(f"gaussian: {error}") from None
 
 
 TOY_DISTRIBUTIONS: dict[str, Callable[..., object]] = {
@@ -656,7 +612,7 @@ def _toy_dataset(name: str, split: str, num_samples: int = 10000, seed: int = 0,
     """``num_samples`` points of a toy distribution, drawn with the seed split_seed(seed, split)."""
     distribution = _call_with_options(TOY_DISTRIBUTIONS[name], name, **options)
     generator = torch.Generator().manual_seed(split_seed(seed, split))
-    points = distribution.sample(num_samples, generator)
+    points = distribution.sample(num_samples, generator).float()
     return ImageDataset(x=points, y=None, levels=None, name=name, split=split, distribution=distribution)
 
 
