@@ -1,0 +1,89 @@
+"""LSGM: a VAE whose prior over its top-scale latents is a score-based model (Vahdat et al. 2021).
+
+The score model predicts ε with LSGM's mixed parameterisation
+    ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(z_t, t),   α = sigmoid(ℓ), ℓ a learnable logit per channel,
+whose first term is the exact ε of a N(0, I) prior (its VP marginal is N(0, I) at every t), so the
+network only learns the correction. `vae=None` gives a pixel-space score model (the latent is the
+image); `discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sde import VPSDE, expand_like
+
+
+class LSGM(nn.Module):
+    """VAE (or none) + score network + VP-SDE, with the mixed score.
+
+    Args:
+        score_net: ε'_θ(z_t, t, cond=None, context=None) over tensors of `latent_shape`.
+        sde: the VP-SDE of the prior.
+        vae: an `nvae.NVAE` (its top-scale groups are modelled by the SGM) or None for pixel space.
+        data_shape: (C, H, W) of the data; levels: values per pixel of the data.
+        mixing_logit_init: initial ℓ (LSGM: −3; −6 for MNIST); `mixed=False` uses ε'_θ alone.
+        discrete_steps: T for a DDPM chain (`sde.discretize(T)`), None for continuous time.
+    """
+
+    def __init__(
+        self,
+        score_net: nn.Module,
+        sde: VPSDE,
+        vae: nn.Module | None = None,
+        data_shape=(1, 8, 8),
+        levels: int | None = 17,
+        mixing_logit_init: float = -3.0,
+        mixed: bool = True,
+        discrete_steps: int | None = None,
+    ):
+        super().__init__()
+        if discrete_steps is not None and mixed:
+            raise ValueError("the mixed score is defined for continuous time; set mixed=False for a discrete chain")
+        self.score_net, self.sde, self.vae = score_net, sde, vae
+        self.data_shape, self.levels = tuple(data_shape), levels
+        self.latent_shape = tuple(vae.top_shape) if vae is not None else self.data_shape
+        channels = self.latent_shape[0]
+        self.mixing_logit = nn.Parameter(torch.full((channels,), float(mixing_logit_init))) if mixed else None
+        self.schedule = sde.discretize(discrete_steps) if discrete_steps is not None else None
+
+    @property
+    def discrete(self) -> bool:
+        return self.schedule is not None
+
+    def mixing_coefficient(self) -> torch.Tensor | None:
+        """α = sigmoid(ℓ) per channel, or None without mixing."""
+        return None if self.mixing_logit is None else torch.sigmoid(self.mixing_logit)
+
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None, context=None) -> torch.Tensor:
+        """ε̂(z_t, t) = (1 − α)σ_t z_t + α ε'_θ(z_t, t) (or ε'_θ alone), t continuous in [0, 1] of shape (B,)."""
+        eps_net = self.score_net(z_t, t, cond, context)
+        if self.mixing_logit is None:
+            return eps_net
+        alpha = self.mixing_coefficient().to(z_t.dtype).reshape(1, -1, *([1] * (z_t.dim() - 2)))
+        std = expand_like(self.sde.marginal(t)[1], z_t)
+        return (1 - alpha) * std * z_t + alpha * eps_net
+
+    def eps_fn(self, cond=None, context=None):
+        """The model as a sampler's `eps_fn(x, t)`: continuous t, or integer steps i for a discrete chain."""
+        if self.discrete:
+            steps = self.schedule.T
+            return lambda x, i: self.eps(x, i.to(x.dtype) / steps, cond, context)
+        return lambda x, t: self.eps(x, t, cond, context)
+
+    # --- latent <-> data ------------------------------------------------------------------------
+    def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
+        """Images in [−1, 1] from top-scale latents: the VAE fills the lower groups from its own prior and
+        draws x ~ p(x|z) (or its mean); in pixel space the latent is the image, clamped to [−1, 1]."""
+        if self.vae is None:
+            return z_top.clamp(-1, 1)
+        groups = self.vae.split_top(z_top) + [None] * (len(self.vae.group_shapes) - self.vae.num_top_groups)
+        dist = self.vae.decode(groups, temperature)
+        return dist.mean() if mean else dist.sample()
+
+    def encode_top(self, x: torch.Tensor) -> torch.Tensor:
+        """A posterior sample of the top-scale latents (the image itself in pixel space)."""
+        if self.vae is None:
+            return x
+        return self.vae.concat_top(self.vae.encode(x).z)

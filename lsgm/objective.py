@@ -1,0 +1,118 @@
+"""LSGM's training objectives, with every term returned for logs and tests.
+
+For data x, posterior q(z|x) and an SGM prior over the top-scale latents z (the other groups keep the
+VAE's own Normal conditionals p(z_l|z_<l)), the negative ELBO is
+    −ELBO(x) = −log p(x|z) + log q(z|x) + CE(q(z_top|x) ‖ p_SGM) − Σ_lower log p(z_l|z_<l).
+The cross-entropy of the diffused latent z_ε against the SGM's marginal is, by denoising score matching,
+    CE = ∫_ε^1 w_ll(t) E‖ε − ε̂(z_t, t)‖² dt + C(z_0),   w_ll = β/(2σ²_t),
+    C(z_0) = D/2 [log 2π + σ²_1 − log σ²_1 + log σ²_ε] + ½ m_1² ‖z_0‖²,
+which follows from dCE(q_t‖p_t)/dt along the diffusion with p_1 = N(0, I): the prior's cross-entropy
+at t = 1 plus the DSM integral, the data-independent parts collected in C (LSGM App. A; its
+½(1 + log 2πσ²_ε) per dimension is C at σ²_1 = 1). The integral is estimated with the importance
+weights of `sde.sample_time`. The VAE's update minimises −ELBO with likelihood weighting; the score
+model's update minimises the DSM term with its own weighting (LSGM's `iw_sample_p`), reusing the same
+draw of t (`reweight_p_samples`) or a separate one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sde import VPSDE, sample_time
+
+
+def cross_entropy_constant(sde: VPSDE, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """C(z_0) = D/2 [log 2π + σ²_1 − log σ²_1 + log σ²_ε] + ½ m_1² ‖z_0‖²  (B,), the CE's data-light part."""
+    dims = z0[0].numel()
+    var_1, var_eps = sde.var(1.0).item(), sde.var(t_eps).item()
+    mean_coeff_1 = sde.marginal(1.0)[0].item()
+    per_dim = 0.5 * (math.log(2 * math.pi) + var_1 - math.log(var_1) + math.log(var_eps))
+    return dims * per_dim + 0.5 * mean_coeff_1**2 * z0.flatten(1).pow(2).sum(1)
+
+
+@dataclass
+class DenoisingTerms:
+    """One draw of t and ε for a batch of z_0: the squared error and both importance weights (all (B,))."""
+
+    t: torch.Tensor
+    squared_error: torch.Tensor  # ‖ε − ε̂(z_t, t)‖²
+    weight: torch.Tensor  # the scheme's own objective weight / proposal
+    weight_ll: torch.Tensor  # likelihood weight / proposal
+
+
+def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, cond=None, context=None) -> DenoisingTerms:
+    """Draw t ~ scheme and ε ~ N(0, I), diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t)."""
+    draw = sample_time(model.sde, scheme, z0.shape[0], t_eps, device=z0.device, dtype=z0.dtype)
+    noise = torch.randn_like(z0)
+    z_t = model.sde.perturb(z0, draw.t, noise)
+    squared_error = (noise - model.eps(z_t, draw.t, cond, context)).flatten(1).pow(2).sum(1)
+    return DenoisingTerms(draw.t, squared_error, draw.weight, draw.weight_ll)
+
+
+@dataclass
+class JointLoss:
+    """The terms of one joint step; per-sample terms are (B,) nats, losses are scalars."""
+
+    recon: torch.Tensor  # −log p(x|z)
+    log_q: torch.Tensor  # log q(z|x), all groups
+    cross_entropy: torch.Tensor  # CE of the top latents under the SGM (one-sample DSM estimate + C)
+    lower_nll: torch.Tensor  # −Σ log p(z_l|z_<l) of the groups outside the SGM
+    dsm: torch.Tensor  # the score model's weighted DSM term
+    nelbo: torch.Tensor  # recon + log_q + cross_entropy + lower_nll
+    loss_vae: torch.Tensor  # minimised over the VAE's parameters
+    loss_score: torch.Tensor  # minimised over the score model's parameters
+
+    def scalars(self) -> dict[str, float]:
+        return {name: value.detach().float().mean().item() for name, value in vars(self).items()}
+
+
+def joint_loss(
+    model,
+    x: torch.Tensor,
+    kl_weight: float = 1.0,
+    scheme_p: str = "ll_iw",
+    scheme_q: str = "reweight_p_samples",
+    t_eps: float = 1e-2,
+    cond=None,
+    context=None,
+) -> JointLoss:
+    """LSGM's joint objective for a batch x (model.vae must exist).
+
+    loss_vae   = mean[−log p(x|z) + kl_weight·(log q(z|x) + CE + lower_nll)]   (likelihood weighting);
+    loss_score = mean[w_p(t)/r(t) · ‖ε − ε̂‖²]  with the `scheme_p` weighting, z_0 detached.
+    `scheme_q="reweight_p_samples"` reuses the score model's draw for the CE; any `sde.SCHEMES` name draws anew.
+    """
+    out = model.vae(x)
+    groups = model.vae.num_top_groups
+    z0 = model.vae.concat_top(out.z)
+    recon = -out.dist.log_prob(x)
+    log_q = torch.stack(out.log_q, 1).sum(1)
+    lower_nll = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else torch.zeros_like(recon)
+
+    draw_p = denoising_terms(model, z0, scheme_p, t_eps, cond, context)
+    draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, cond, context)
+    cross_entropy = draw_q.weight_ll * draw_q.squared_error + cross_entropy_constant(model.sde, z0, t_eps)
+    dsm = draw_p.weight * draw_p.squared_error
+    nelbo = recon + log_q + cross_entropy + lower_nll
+    loss_vae = (recon + kl_weight * (log_q + cross_entropy + lower_nll)).mean()
+    return JointLoss(recon, log_q, cross_entropy, lower_nll, dsm, nelbo, loss_vae, dsm.mean())
+
+
+def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps: float = 1e-2,
+               cond=None, context=None) -> torch.Tensor:
+    """The score model alone on fixed data or latents z_0 (pixel space, or a frozen VAE): per-sample DSM (B,).
+
+    Continuous time: w(t)/r(t)·‖ε − ε̂‖² with `scheme`. Discrete chain (DDPM): L_simple = E_{i,ε}‖ε − ε_θ(x_i, i)‖²
+    with i ~ U{1..T}, x_i = √ᾱ_i x_0 + √(1 − ᾱ_i) ε, summed over dimensions.
+    """
+    if model.discrete:
+        steps = torch.randint(1, model.schedule.T + 1, (z0.shape[0],), device=z0.device)
+        noise = torch.randn_like(z0)
+        x_t = model.schedule.q_sample(z0, steps, noise)
+        eps = model.eps(x_t, steps.to(z0.dtype) / model.schedule.T, cond, context)
+        return (noise - eps).flatten(1).pow(2).sum(1)
+    terms = denoising_terms(model, z0, scheme, t_eps, cond, context)
+    return terms.weight * terms.squared_error
