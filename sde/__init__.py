@@ -5,6 +5,7 @@ A model is a callable `eps_fn(x, t) -> eps`; the score is −eps/σ_t.
 
 from .ddpm import DDPMSchedule
 from .schedules import CosineSchedule, GeometricSchedule, LinearSchedule
+from .vlb import RateDistortion, VariationalBound, discretized_gaussian_log_likelihood, normal_kl, variational_bound
 from .vp import VPSDE, as_time, expand_like
 from .weighting import SCHEMES, TimeSample, likelihood_weight, objective_weight, sample_time
 
@@ -21,4 +22,9 @@ __all__ = [
     "likelihood_weight",
     "objective_weight",
     "sample_time",
+    "RateDistortion",
+    "VariationalBound",
+    "discretized_gaussian_log_likelihood",
+    "normal_kl",
+    "variational_bound",
 ]
