@@ -101,24 +101,43 @@ def level_scale(levels: int | None) -> float:
 
 
 # --- which steps ----------------------------------------------------------------------------------
-def bound_steps(T: int, num_steps: int | None = None, generator: torch.Generator | None = None):
+SPACINGS = ("log", "uniform")
+
+
+def bound_steps(T: int, num_steps: int | None = None, generator: torch.Generator | None = None,
+                spacing: str = "log"):
     """Steps at which to evaluate the step-t terms, and how many steps of 1..T each one stands for.
 
     num_steps=None (or T): every step 1..T, each of weight 1. num_steps = K < T: step 1 (the decoder,
-    weight 1) and one step drawn uniformly from each of K − 1 contiguous strata of 2..T of near-equal
-    size n_j, weighted by n_j. Σ_k w_k (step-t_k term) is then a stratified, unbiased estimate of
-    Σ_{t=2}^{T} (step-t term). Returns (steps (K,) int64 ascending, weights (K,) float64).
+    weight 1) and one step drawn uniformly from each of K − 1 contiguous strata of 2..T, weighted by the
+    stratum's size n_j, so that Σ_k w_k (step-t_k term) is a stratified, unbiased estimate of
+    Σ_{t=2}^{T} (step-t term). Strata edges are geometric in t ("log", the default: single steps where the
+    terms fall steeply, near t = 2, wide strata where they are flat) or of near-equal size ("uniform").
+    Returns (steps (K,) int64 ascending, weights (K,) float64).
     """
     if num_steps is None or num_steps == T:
         return torch.arange(1, T + 1), torch.ones(T, dtype=torch.float64)
     if not 2 <= num_steps <= T:
         raise ValueError(f"num_steps must lie in 2..{T} (or be None for all steps), got {num_steps}")
-    edges = torch.linspace(2, T + 1, num_steps, dtype=torch.float64).round().long()
+    edges = stratum_edges(T, num_steps - 1, spacing)
     sizes = edges[1:] - edges[:-1]
     device = generator.device if generator is not None else "cpu"
     offsets = (torch.rand(num_steps - 1, generator=generator, device=device, dtype=torch.float64).cpu() * sizes)
     drawn = edges[:-1] + offsets.long().clamp(max=sizes - 1)
     return torch.cat([torch.ones(1, dtype=torch.long), drawn]), torch.cat([torch.ones(1), sizes]).double()
+
+
+def stratum_edges(T: int, count: int, spacing: str) -> torch.Tensor:
+    """count + 1 increasing integer edges from 2 to T + 1 (stratum j = [e_j, e_{j+1})): round(2((T + 1)/2)^{j/count})
+    ("log") or round(2 + (T − 1) j/count) ("uniform"), each at least one step above the previous edge."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {list(SPACINGS)}")
+    fractions = torch.linspace(0, 1, count + 1, dtype=torch.float64)
+    targets = 2 * ((T + 1) / 2) ** fractions if spacing == "log" else 2 + (T - 1) * fractions
+    edges = [2]
+    for j, target in enumerate(targets[1:].round().long().tolist(), start=1):
+        edges.append(min(max(target, edges[-1] + 1), T + 1 - (count - j)))
+    return torch.tensor(edges)
 
 
 # --- the bound --------------------------------------------------------------------------------------
@@ -178,18 +197,18 @@ class VariationalBound:
         on the level scale, term(t_k) = the step-t_k term in bits/dim. With every step evaluated this is
         exact; with strata, a stratum counts as received once all its steps lie above t.
         """
-        terms = to_bits_per_dim(self.terms.mean(0), self.num_dims)
-        weighted = terms * self.weights
+        terms = to_bits_per_dim(self.terms.mean(0).cpu(), self.num_dims)
+        weighted = terms * self.weights.cpu()
         received_above = weighted.flip(0).cumsum(0).flip(0) - weighted
         prior = to_bits_per_dim(self.prior.mean().item(), self.num_dims)
-        return RateDistortion(self.steps.clone(), prior + received_above, self.squared_error.mean(0).sqrt(), terms,
-                              self.T)
+        distortion = self.squared_error.mean(0).sqrt().cpu()
+        return RateDistortion(self.steps.cpu(), prior + received_above, distortion, terms, self.T)
 
 
 @dataclasses.dataclass
 class RateDistortion:
     """Per evaluated step t (ascending): rate (bits/dim received once x_t is known), distortion (RMSE of
-    x̂_0 on the level scale), term (the step-t term, bits/dim); T: the chain's length."""
+    x̂_0 on the level scale), term (the step-t term, bits/dim); T: the chain's length. CPU tensors."""
 
     steps: torch.Tensor
     rate: torch.Tensor
@@ -232,6 +251,7 @@ def variational_bound(
     levels: int | None = None,
     *,
     num_steps: int | None = None,
+    spacing: str = "log",
     variance: str = "small",
     clip_x0: tuple[float, float] | None = None,
     decoder: Decoder | None = None,
@@ -241,13 +261,13 @@ def variational_bound(
     """DDPM's bound for each x_0 in a batch (B, ...), term by term, with the distortion of x̂_0 at each step.
 
     eps_fn(x_t, t) gets x_t in x0's dtype and integer steps t (b,); the (sample, step) pairs are sent in
-    chunks of `batch_size`. Each step-t term uses one x_t ~ q(x_t | x_0). `num_steps` subsamples the steps
-    (see `bound_steps`); `variance` ("small" β̃_t or "large" β_t) and `clip_x0` (clamp x̂_0, then μ̃) choose
+    chunks of `batch_size`. Each step-t term uses one x_t ~ q(x_t | x_0). `num_steps` and `spacing` subsample
+    the steps (see `bound_steps`); `variance` ("small" β̃_t or "large" β_t) and `clip_x0` (clamp x̂_0, then μ̃) choose
     p_θ as in `DDPMSchedule.p_mean_var`, and `clip_x0` also clamps the x̂_0 whose distortion is measured.
     `decoder(x_0, mean, log_var) -> nats (b,)` replaces the default `decoder_nll(levels)`. `generator`
     draws the steps and the noise. The maths runs in float64.
     """
-    steps, weights = bound_steps(schedule.T, num_steps, generator)
+    steps, weights = bound_steps(schedule.T, num_steps, generator, spacing)
     decoder = decoder_nll(levels) if decoder is None else decoder
     count, num_evaluated = x0.shape[0], steps.numel()
     terms = torch.empty(count * num_evaluated, dtype=torch.float64, device=x0.device)

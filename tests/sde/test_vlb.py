@@ -178,10 +178,11 @@ def test_stratified_steps_are_unbiased(data, schedule):
     assert estimates.mean().item() == pytest.approx(expected.sum().item(), abs=4 * standard_error(estimates))
 
 
-def test_bound_steps_cover_the_chain():
-    steps, weights = bound_steps(1000)
+@pytest.mark.parametrize("spacing", ["log", "uniform"])
+def test_bound_steps_cover_the_chain(spacing):
+    steps, weights = bound_steps(1000, spacing=spacing)
     assert steps.tolist() == list(range(1, 1001)) and bool((weights == 1).all())
-    steps, weights = bound_steps(1000, 10, torch.Generator().manual_seed(0))
+    steps, weights = bound_steps(1000, 10, torch.Generator().manual_seed(0), spacing)
     assert steps[0].item() == 1 and weights[0].item() == 1 and weights.sum().item() == 1000
     edges = torch.cat([torch.tensor([2]), 2 + weights[1:].cumsum(0).long()])
     assert bool(((steps[1:] >= edges[:-1]) & (steps[1:] < edges[1:])).all())
