@@ -59,7 +59,7 @@ def frechet_distance_to(extractor: FeatureExtractor, images: torch.Tensor, refer
 
 
 @functools.lru_cache(maxsize=4)
-def test_split(data: str, root: str | Path | None = None) -> ImageDataset:
+def reference_split(data: str, root: str | Path | None = None) -> ImageDataset:
     """The reference: dataset `data`'s test split (loaded once per process; do not modify it)."""
     return load_dataset(data, root, split="test")
 
@@ -78,7 +78,7 @@ def sample_quality(
     given; on the CPU); inception_fd when `inception_weights` names a local FID Inception file (on `device`).
     """
     images = images.detach().to("cpu", torch.float32)
-    reference = test_split(data, root).x
+    reference = reference_split(data, root).x
     if tuple(images.shape[1:]) != tuple(reference.shape[1:]):
         raise ValueError(f"samples have shape {tuple(images.shape[1:])} but {data} images have "
                          f"{tuple(reference.shape[1:])}")
@@ -100,7 +100,7 @@ def load_samples(path: str | Path, levels: int | None = None) -> torch.Tensor:
 def npz_sample_quality(path: str | Path, data: str = "digits", root: str | Path | None = None,
                        **options) -> dict[str, float]:
     """`sample_quality` of the samples in a .npz; missing levels are taken from dataset `data`."""
-    levels = test_split(data, root).levels
+    levels = reference_split(data, root).levels
     return sample_quality(load_samples(path, levels), data, root, **options)
 
 
