@@ -233,7 +233,7 @@ def output_distribution(kind: str, params: torch.Tensor, channels: int, levels: 
     """Build the output distribution from a decoder tensor (B, channels * P, H, W), P from
     ``output_param_channels``."""
     b, _, h, w = params.shape
-    p = params.view(b, channels, output_param_channels(kind, levels, num_mixtures), h, w)
+    p = params.reshape(b, channels, output_param_channels(kind, levels, num_mixtures), h, w)
     if kind == "categorical":
         return Categorical(p.permute(0, 1, 3, 4, 2))
     if kind == "bernoulli":

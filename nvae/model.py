@@ -57,9 +57,11 @@ class VAEOutput(Latents):
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """Where a latent group lives: its scale (0 = top), resolution and decoder channels."""
+    """Where a latent group lives: its scale (0 = top), halvings of the image resolution, resolution
+    and channels."""
 
     scale: int
+    downs: int
     size: int
     channels: int
     first_in_scale: bool
@@ -120,6 +122,7 @@ class NVAE(nn.Module):
                  output: str = "categorical", num_mixtures: int = 3, norm: str = "group",
                  dropout: float = 0.1, decoder_expansion: int = 3):
         super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # NVAE(**config)
         factor = 2 ** (num_preprocess + num_scales - 1)
         if image_size % factor:
             raise ValueError(f"image_size {image_size} must be divisible by 2**(num_preprocess + num_scales"
@@ -131,64 +134,70 @@ class NVAE(nn.Module):
         self.in_channels, self.image_size, self.levels = in_channels, image_size, levels
         self.output, self.num_mixtures = output, num_mixtures
         self.num_dims = in_channels * image_size * image_size
-        param_channels = in_channels * output_param_channels(output, levels, num_mixtures)
-        cell = {"norm": norm, "dropout": dropout}
-        dec_cell = {**cell, "expansion": decoder_expansion}
+        self.channels, self.channel_mult, self.cells_per_group = channels, channel_mult, cells_per_group
+        self.specs = [GroupSpec(s, downs, self._size(downs), self._width(downs), g == 0)
+                      for s in range(num_scales)  # s = 0 is the top scale
+                      for downs in [num_preprocess + num_scales - 1 - s] for g in range(groups[s])]
+        self._build_encoder(num_preprocess, {"norm": norm, "dropout": dropout})
+        self._build_decoder(num_preprocess, latent_channels,
+                            {"norm": norm, "dropout": dropout, "expansion": decoder_expansion},
+                            in_channels * output_param_channels(output, levels, num_mixtures))
+        area = torch.tensor([float(s.size**2) for s in self.specs])
+        alpha = area / torch.tensor([float(groups[s.scale]) for s in self.specs])
+        self.register_buffer("kl_alpha", alpha / alpha.min(), persistent=False)  # relative group sizes
+        self.num_top_groups = groups[0]
+        self.top_shape = (groups[0] * latent_channels, self.specs[0].size, self.specs[0].size)
 
-        def width(downs: int) -> int:
-            return channels * channel_mult**downs
+    def _width(self, downs: int) -> int:
+        """Channels after ``downs`` halvings of the resolution."""
+        return self.channels * self.channel_mult**downs
 
-        def size_at(downs: int) -> int:
-            return image_size // 2**downs
+    def _size(self, downs: int) -> int:
+        return self.image_size // 2**downs
 
-        # Bottom-up: stem, preprocessing, then groups from the finest scale to the top.
-        self.stem = Conv2d(in_channels, channels, 3, image_size)
+    def _cells(self, kind: type[nn.Module], downs: int, cell: dict) -> list[nn.Module]:
+        """``cells_per_group`` cells that keep the resolution and width at ``downs`` halvings."""
+        width, size = self._width(downs), self._size(downs)
+        return [kind(width, width, size, **cell) for _ in range(self.cells_per_group)]
+
+    def _build_encoder(self, num_preprocess: int, cell: dict) -> None:
+        """Bottom-up: stem, (cells, down cell) per preprocessing level, then cells per group from the
+        finest scale to the top with a down cell between scales."""
+        self.stem = Conv2d(self.in_channels, self.channels, 3, self.image_size)
         pre = []
         for d in range(num_preprocess):
-            pre += [EncoderCell(width(d), width(d), size_at(d), **cell) for _ in range(cells_per_group)]
-            pre.append(EncoderCell(width(d), width(d + 1), size_at(d), downsample=True, **cell))
+            pre += self._cells(EncoderCell, d, cell)
+            pre.append(EncoderCell(self._width(d), self._width(d + 1), self._size(d), downsample=True,
+                                   **cell))
         self.preprocess = nn.Sequential(*pre)
-        self.specs: list[GroupSpec] = []
-        for s in range(num_scales):  # s = 0 is the top scale
-            downs = num_preprocess + num_scales - 1 - s
-            self.specs += [GroupSpec(s, size_at(downs), width(downs), g == 0) for g in range(groups[s])]
-        self.encoder_groups = nn.ModuleList()
-        self.encoder_down = nn.ModuleList()
+        self.encoder_groups, self.encoder_down = nn.ModuleList(), nn.ModuleList()
         for spec in reversed(self.specs):
-            ch, size = spec.channels, spec.size
-            self.encoder_groups.append(
-                nn.Sequential(*[EncoderCell(ch, ch, size, **cell) for _ in range(cells_per_group)]))
+            self.encoder_groups.append(nn.Sequential(*self._cells(EncoderCell, spec.downs, cell)))
             if spec.first_in_scale and spec.scale > 0:
-                self.encoder_down.append(EncoderCell(ch, ch * channel_mult, size, downsample=True, **cell))
+                self.encoder_down.append(EncoderCell(spec.channels, self._width(spec.downs + 1), spec.size,
+                                                     downsample=True, **cell))
 
-        # Top-down: a learned input, one LatentGroup per group, postprocessing and the output head.
+    def _build_decoder(self, num_preprocess: int, latent_channels: int, cell: dict,
+                       param_channels: int) -> None:
+        """Top-down: a learned input, one LatentGroup per group (its block: an up cell at a new scale,
+        then cells), (up cell, cells) per preprocessing level, and the ELU-conv3x3 output head."""
         top = self.specs[0]
         self.decoder_input = nn.Parameter(torch.rand(1, top.channels, top.size, top.size))
         self.groups = nn.ModuleList()
         for i, spec in enumerate(self.specs):
             block = None
             if i > 0:
-                cells = []
-                if spec.first_in_scale:
-                    cells.append(DecoderCell(spec.channels * channel_mult, spec.channels, spec.size // 2,
-                                             upsample=True, **dec_cell))
-                cells += [DecoderCell(spec.channels, spec.channels, spec.size, **dec_cell)
-                          for _ in range(cells_per_group)]
-                block = nn.Sequential(*cells)
+                up = [DecoderCell(self._width(spec.downs + 1), spec.channels, spec.size // 2, upsample=True,
+                                  **cell)] if spec.first_in_scale else []
+                block = nn.Sequential(*up, *self._cells(DecoderCell, spec.downs, cell))
             self.groups.append(LatentGroup(spec, latent_channels, block))
         post = []
         for d in reversed(range(num_preprocess)):
-            post.append(DecoderCell(width(d + 1), width(d), size_at(d + 1), upsample=True, **dec_cell))
-            post += [DecoderCell(width(d), width(d), size_at(d), **dec_cell) for _ in range(cells_per_group)]
+            post.append(DecoderCell(self._width(d + 1), self._width(d), self._size(d + 1), upsample=True,
+                                    **cell))
+            post += self._cells(DecoderCell, d, cell)
         self.postprocess = nn.Sequential(*post)
-        self.head = nn.Sequential(nn.ELU(), Conv2d(channels, param_channels, 3, image_size))
-
-        area = torch.tensor([float(s.size**2) for s in self.specs])
-        per_scale = torch.tensor([float(groups[s.scale]) for s in self.specs])
-        alpha = area / per_scale
-        self.register_buffer("kl_alpha", alpha / alpha.min(), persistent=False)
-        self.num_top_groups = groups[0]
-        self.top_shape = (groups[0] * latent_channels, top.size, top.size)
+        self.head = nn.Sequential(nn.ELU(), Conv2d(self.channels, param_channels, 3, self.image_size))
 
     # ----------------------------------------------------------------------------------- latents
     @property

@@ -12,15 +12,25 @@ TINY = {"channels": 8, "num_scales": 2, "groups_per_scale": 1, "latent_channels"
         "num_preprocess": 1, "dropout": 0.0, "decoder_expansion": 2}
 
 
-@pytest.fixture(scope="session")
-def digits() -> torch.Tensor:
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
+    that wait on each other make these tests many times slower; the setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="package")
+def digits(one_thread) -> torch.Tensor:
     """The project's digits training split (1437 images, (B, 1, 8, 8), 17 levels in [-1, 1])."""
     images = load_digits().images.astype(np.float32)
     perm = np.random.default_rng(0).permutation(len(images))
     return torch.from_numpy(2.0 * images[perm[:1437]] / 16.0 - 1.0).unsqueeze(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained(digits):
     """A tiny NVAE trained for a few hundred steps on 512 digits; returns (model, FitResult, val images)."""
     torch.manual_seed(0)

@@ -117,6 +117,12 @@ def test_other_outputs_and_batch_norm_train(output, levels, channels):
     assert vae.group_shapes[0] == (2, 2, 2) and vae.sample(2).shape == (2, channels, 16, 16)
 
 
+def test_config_rebuilds_the_model(vae):
+    copy = nvae.NVAE(**vae.config)
+    copy.load_state_dict(vae.state_dict())  # same modules, same shapes
+    assert copy.config == vae.config == {**nvae.NVAE().config, **TINY}
+
+
 def test_configuration_errors_name_the_fix():
     with pytest.raises(ValueError, match="divisible"):
         nvae.NVAE(image_size=8, num_scales=3, num_preprocess=2)
@@ -124,3 +130,16 @@ def test_configuration_errors_name_the_fix():
         nvae.NVAE(groups_per_scale=[1, 2, 3])
     with pytest.raises(ValueError, match="choose one of"):
         nvae.NVAE(output="poisson")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda(digits):
+    from nvae.train import FitConfig, batches, evaluate_bpd, fit
+
+    torch.manual_seed(0)
+    vae = nvae.NVAE(**TINY).cuda()
+    x = digits[:64].cuda()
+    fit(vae, batches(x, 16), FitConfig(max_steps=5, eval_every=5))
+    assert math.isfinite(evaluate_bpd(vae, x, k=4))
+    assert vae.sample(3).device.type == "cuda"
+    assert vae.decode([vae.encode(x[:2]).z[0], None]).mean().device.type == "cuda"
