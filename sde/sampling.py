@@ -57,27 +57,28 @@ def check_choice(value: str, valid, what: str) -> str:
 class CountedModel:
     """eps_fn with a call counter (NFE) and a watch for non-finite outputs.
 
-    Each call queues isfinite(eps).all() on eps's device without waiting for it; `check` reads the flags
-    once and raises NonFiniteError at the time of the first bad call.
+    Each call queues one reduction, Σ eps (non-finite exactly when an element is: eps never nears 1e38), on
+    eps's device without waiting for it; `check` reads them once and raises NonFiniteError at the time of the
+    first bad call.
     """
 
     def __init__(self, eps_fn):
         self.eps_fn = eps_fn
         self.nfe = 0
-        self._finite: list[torch.Tensor] = []
+        self._sums: list[torch.Tensor] = []
         self._times: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = self.eps_fn(x, t)
         self.nfe += 1
-        self._finite.append(torch.isfinite(eps).all())
+        self._sums.append(eps.sum(dtype=torch.float32 if eps.element_size() < 4 else None))
         self._times.append(t)
         return eps
 
     def check(self) -> None:
         """Raise NonFiniteError if any call so far returned a non-finite value."""
-        if self._finite:
-            finite = torch.stack(self._finite)
+        if self._sums:
+            finite = torch.isfinite(torch.stack(self._sums))
             if not bool(finite.all()):
                 first = int(torch.argmin(finite.int()))
                 raise NonFiniteError(float(self._times[first].reshape(-1)[0]))
@@ -224,6 +225,58 @@ class ReverseSDE:
         return self.sde.schedule.beta((1 - s).double()).sqrt() * v
 
 
+class BrownianIncrements(torchsde.BaseBrownian):
+    """Brownian motion for fixed-step solvers, which ask for each step's interval [s_k, s_{k+1}] once, in order.
+
+    Each query draws a fresh increment W ~ N(0, h I), h = s_{k+1} − s_k, and, with `levy_area=True` (SRK),
+    the space-time Lévy area H ~ N(0, h/12 I) independent of it, returned as U = ∫(W_s − W_{s_k}) ds = h(W/2 + H)
+    (torchsde's convention). Distributionally this is the Brownian motion on the grid, at one `randn` per step
+    where `BrownianInterval` builds a tree of seeded generators (see benchmarks/bench_samplers.py for the cost).
+    A query that does not start where the last one ended raises RuntimeError: adaptive stepping revisits
+    intervals and needs `BrownianInterval`.
+    """
+
+    def __init__(self, shape, dtype, device, generator: torch.Generator | None = None, levy_area: bool = False):
+        self._shape, self._dtype, self._device = tuple(shape), dtype, device
+        self.generator, self.levy_area = generator, levy_area
+        self._end = None
+
+    def _normal(self, variance: float) -> torch.Tensor:
+        return torch.empty(self._shape, dtype=self._dtype, device=self._device).normal_(
+            0.0, math.sqrt(variance), generator=self.generator)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        ta, tb = float(ta), float(tb)
+        if self._end is not None and ta != self._end:
+            raise RuntimeError(f"BrownianIncrements serves consecutive intervals only; asked for [{ta}, {tb}] after "
+                               f"one ending at {self._end}")
+        self._end = tb
+        h = tb - ta
+        increment = self._normal(h)
+        if not return_U:
+            return increment
+        return increment, h * (0.5 * increment + self._normal(h / 12))
+
+    def __repr__(self) -> str:
+        return f"BrownianIncrements(shape={self._shape}, levy_area={self.levy_area})"
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def levy_area_approximation(self):
+        return "space-time" if self.levy_area else "none"
+
+
 @torch.no_grad()
 def sample_sde(eps_fn, sde: VPSDE, x_T: torch.Tensor, method: str = "euler", steps: int = 1000,
                t_eps: float = 1e-3, denoise: bool = True, callback=None, generator=None):
@@ -232,9 +285,8 @@ def sample_sde(eps_fn, sde: VPSDE, x_T: torch.Tensor, method: str = "euler", ste
         dx = [f(x, t) − g²(t)∇log p_t(x)] dt + g(t) dW̄ = −β(t)[½x − ε(x, t)/σ_t] dt + √β(t) dW̄,
 
     in `steps` equal steps of methods euler, milstein (= euler here, the noise being additive) or srk
-    (SRA1, two calls per step). The Brownian motion is a `BrownianInterval` told the step size (without it,
-    torchsde's queries cost several times more, torchsde issue 109), with space-time Lévy area only for srk;
-    its entropy comes from `generator`. `denoise` ends with Tweedie's x̂_0 at t_eps (one more call).
+    (SRA1, two calls per step). The Brownian motion is `BrownianIncrements` driven by `generator` (with the
+    space-time Lévy area only for srk). `denoise` ends with Tweedie's x̂_0 at t_eps (one more call).
     """
     check_choice(method, SDE_METHODS, "SDE method")
     model = CountedModel(eps_fn)
@@ -242,11 +294,7 @@ def sample_sde(eps_fn, sde: VPSDE, x_T: torch.Tensor, method: str = "euler", ste
     span = 1.0 - t_eps
     # a hair longer than span/steps, so that float rounding never adds a sliver of an extra step at the end
     dt = span / steps * (1 + 1e-9)
-    entropy = int(torch.randint(2**62, (), generator=generator, device=x_T.device))
-    bm = torchsde.BrownianInterval(
-        t0=0.0, t1=span, size=flat.shape, dtype=flat.dtype, device=flat.device, entropy=entropy, dt=dt,
-        levy_area_approximation="space-time" if method == "srk" else "none",
-    )
+    bm = BrownianIncrements(flat.shape, flat.dtype, flat.device, generator, levy_area=method == "srk")
     reverse = ReverseSDE(model, sde, x_T.shape, callback)
     times = torch.tensor([0.0, span], dtype=torch.float64)  # on the CPU: the solver's clock never waits on the device
     x = torchsde.sdeint(reverse, flat, times, bm=bm, method=method, dt=dt)[-1].view(x_T.shape)

@@ -289,6 +289,18 @@ def test_sde_is_reproducible_and_milstein_equals_euler_for_additive_noise():
     assert torch.allclose(run_sde("milstein", 1), euler, atol=1e-12)
 
 
+def test_brownian_increments_have_the_right_law_and_refuse_revisits():
+    bm = sampling.BrownianIncrements((20000, 2), torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0),
+                                     levy_area=True)
+    increment, area = bm(torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.04, dtype=torch.float64), return_U=True)
+    space_time = area / 0.04 - 0.5 * increment  # H = U/h − W/2 ~ N(0, h/12), independent of W
+    assert abs(increment.var().item() / 0.04 - 1) < 0.03 and abs(space_time.var().item() / (0.04 / 12) - 1) < 0.03
+    assert abs(torch.corrcoef(torch.stack([increment.flatten(), space_time.flatten()]))[0, 1].item()) < 0.02
+    assert bm(0.04, 0.05).shape == (20000, 2) and bm.levy_area_approximation == "space-time"
+    with pytest.raises(RuntimeError, match="consecutive"):
+        bm(0.0, 0.05)
+
+
 def test_callbacks_see_each_step():
     data = gaussian_2d()
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
