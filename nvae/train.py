@@ -47,6 +47,9 @@ class FitConfig:
 
 @dataclass
 class FitResult:
+    """What ``fit`` did: steps taken (and skipped as non-finite), time, the best validation bpd and its
+    step, and one record per evaluation."""
+
     steps: int
     seconds: float
     skipped_steps: int
@@ -100,6 +103,20 @@ def training_loss(vae: NVAE, x: torch.Tensor, kl_weight: float, cfg: FitConfig) 
     terms["norm"] = vae.norm_loss()
     terms["loss"] = terms["loss"] + cfg.spectral_weight * terms["spectral"] + cfg.norm_weight * terms["norm"]
     return terms
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      params: Iterable[torch.nn.Parameter], grad_clip: float | None) -> bool:
+    """Backpropagate ``loss``, clip the global gradient norm to ``grad_clip`` (None: no clipping) and
+    step, unless the loss or the gradient norm is not finite (then the step is skipped: returns False)."""
+    params = [p for p in params if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        return False
+    optimizer.step()
+    return True
 
 
 def _rng_devices(x: torch.Tensor) -> list[int]:
@@ -180,13 +197,7 @@ def fit(vae: NVAE, data: Iterable[torch.Tensor], cfg: FitConfig, val_x: torch.Te
         kl_weight = kl_warmup_weight(p, cfg.kl_warmup, cfg.kl_min_weight)
         set_lr(optimizer, warmup_cosine_lr(p, cfg.lr, cfg.min_lr, cfg.lr_warmup))
         terms = training_loss(vae, x, kl_weight, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
-        if torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
+        if not backward_and_step(terms["loss"], optimizer, vae.parameters(), cfg.grad_clip):
             result.skipped_steps += 1
         result.steps += 1
         last = {"loss": terms["loss"].item(), "train_bpd": terms["bpd"].mean().item(), "kl_weight": kl_weight}

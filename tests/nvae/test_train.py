@@ -9,6 +9,7 @@ from conftest import TINY
 import nvae
 from nvae.train import (
     FitConfig,
+    backward_and_step,
     evaluate_bpd,
     fit,
     kl_warmup_weight,
@@ -88,3 +89,12 @@ def test_fit_stops_early_without_improvement(digits):
     frozen = FitConfig(max_steps=100, eval_every=10, lr=0.0, min_lr=0.0, patience=1)
     result = fit(vae, iter([digits[:16]] * 100), frozen, val_x=digits[16:48])
     assert result.steps == 10 and result.best_step == 0  # an unchanged model never improves
+
+
+def test_a_non_finite_loss_skips_the_step():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    assert not backward_and_step((w * float("nan")).sum(), opt, [w], grad_clip=1.0)
+    assert torch.equal(w.detach(), torch.ones(3))
+    assert backward_and_step((10 * w).sum(), opt, [w], grad_clip=1.0)  # gradient norm 17.3 clipped to 1
+    assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.1 / math.sqrt(3)))
