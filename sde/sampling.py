@@ -14,8 +14,9 @@ sampler has it at no cost). Notation: x_t = m_t x_0 + σ_t ε (`mean_coeff`, `st
 Errors: an unknown method or option value raises ValueError listing the valid ones; a non-finite output of
 eps_fn raises `NonFiniteError` (a FloatingPointError) naming the time t (or step) of the first bad call.
 
-Cost: each time grid is computed once, in float64, before the loop, and a step uses Python floats; the
-finiteness watch is queued on the device and read once at the end, so that no loop waits on the device.
+Cost: fixed time grids and their coefficients are computed once, in float64, before the loop, so that a step
+multiplies by Python floats; the finiteness watch is queued on the device and read once at the end; no loop
+waits on the device (the adaptive ODE solver's own step control aside).
 """
 
 from __future__ import annotations
@@ -208,17 +209,18 @@ class ReverseSDE:
         self._last = (None, None, None)  # (s, y, drift)
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s_value = float(s)  # s lives on the CPU (sample_sde): no device sync
         last_s, last_y, last_drift = self._last
-        if y is last_y and float(s) == last_s:
+        if y is last_y and s_value == last_s:
             return last_drift
         t = 1 - s
         beta, std = beta_and_std(self.sde, t)
         x = y.view(self.shape)
-        eps = self.model(x, batch_time(float(t), x))
+        eps = self.model(x, batch_time(1 - s_value, x))
         if self.callback is not None:
-            self.callback({"i": self.model.nfe - 1, "t": float(t), "x": x, "x0_pred": _tweedie(self.sde, x, eps, t)})
+            self.callback({"i": self.model.nfe - 1, "t": 1 - s_value, "x": x, "x0_pred": _tweedie(self.sde, x, eps, t)})
         drift = (beta * (0.5 * x - eps / std)).flatten(1)
-        self._last = (float(s), y, drift)
+        self._last = (s_value, y, drift)
         return drift
 
     def g_prod(self, s: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -321,11 +323,11 @@ def _discrete_loop(model: CountedModel, x: torch.Tensor, table, callback, genera
             callback({"i": k, "t": i, "x": x, "x0_pred": x0})
         x_next = coef_x0 * x0
         if coef_x:
-            x_next = x_next + coef_x * x
+            x_next.add_(x, alpha=coef_x)
         if coef_eps:
-            x_next = x_next + coef_eps * eps
+            x_next.add_(eps, alpha=coef_eps)
         if std:
-            x_next = x_next + std * _noise(x, generator)
+            x_next.add_(_noise(x, generator), alpha=std)
         x = x_next
     return x
 
@@ -445,12 +447,12 @@ def sample_heun(eps_fn, sde: VPSDE, x_T: torch.Tensor, steps: int = 18, t_eps: f
         if callback is not None:
             callback({"i": i, "t": float(times[i]), "x": x * mean_coeffs[i], "x0_pred": x - sigmas[i] * eps})
         step = sigmas[i + 1] - sigmas[i]
-        x_euler = x + step * eps
+        x_euler = torch.add(x, eps, alpha=step)
         if sigmas[i + 1] == 0:
             x = x_euler
         else:
             eps_next = model(x_euler * mean_coeffs[i + 1], times[i + 1].expand(x.shape[0]))
-            x = x + 0.5 * step * (eps + eps_next)
+            x = torch.add(x, eps + eps_next, alpha=0.5 * step)
     return model.finish(x, float(times[-1]))
 
 
@@ -481,7 +483,7 @@ def sample_dpm2m(eps_fn, sde: VPSDE, x_T: torch.Tensor, steps: int = 20, t_eps: 
             break
         h = math.log(sigmas[i] / sigmas[i + 1])
         x0_mixed = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
-        x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * x0_mixed
+        x = torch.add(x * (sigmas[i + 1] / sigmas[i]), x0_mixed, alpha=-math.expm1(-h))
         x0_prev, h_prev = x0, h
     return model.finish(x, float(times[-1]))
 
@@ -538,7 +540,7 @@ def sample_pc(eps_fn, sde: VPSDE, x_T: torch.Tensor, steps: int = 1000, t_eps: f
         eps = model(x, t)
         if callback is not None:
             callback({"i": i, "t": float(times64[i]), "x": x})
-        x = a[i] * x - b[i] * eps + c[i] * _noise(x, generator)
+        x = torch.add(a[i] * x, eps, alpha=-b[i]).add_(_noise(x, generator), alpha=c[i])
     if denoise:
         x = _denoise(model, sde, x, t_eps)
     return model.finish(x, t_eps)
