@@ -419,7 +419,7 @@ def _scaled_grid(sde: VPSDE, times: torch.Tensor, x: torch.Tensor):
     """The grid of the few-step solvers: times on x's device, and Python lists of σ̃_i = σ_i/m_i and m_i with
     a final σ̃ = 0, m = 1 appended (the step to the data)."""
     times = torch.as_tensor(times, dtype=torch.float64)
-    if times.dim() != 1 or not bool((times[1:] < times[:-1]).all()):
+    if times.dim() != 1 or not bool((times[1:] < times[:-1]).all() and times[-1] > 0):
         raise ValueError("times must be a strictly decreasing 1-D sequence in (0, 1]")
     mean_coeff, std = sde.marginal(times)
     return times.to(device=x.device, dtype=x.dtype), (std / mean_coeff).tolist() + [0.0], mean_coeff.tolist() + [1.0]

@@ -69,10 +69,10 @@ def assert_moments(x, mean, cov, allowance, k=4.0):
     assert cov_excess.max() <= 0, f"covariance beyond {k} SE + {allowance}σσ by {cov_excess.max():.4g}"
 
 
-# name -> (run(eps_fn, eps_fn_discrete, x_T, generator), allowance). Allowances: twice the bias measured with
-# 10⁵ samples on the 2-D data (σ² = 0.05 is the hardest coordinate): DDPM's β̃ variance −2.3%, DDIM (first
-# order) at 250 steps −4.3%, Heun and DPM-Solver++(2M) at 50 steps +1.9%, PC (reverse diffusion, snr 0.16,
-# 500 steps) +4.5%.
+# name -> (run(eps_fn, eps_fn_discrete, x_T, generator), allowance). Allowances: about twice the bias measured
+# with 10⁵ samples on the 2-D data (σ² = 0.05 is the hardest coordinate): DDPM's β̃ variance −2.3%, DDIM (first
+# order) at 250 steps −4.3%, Heun and DPM-Solver++(2M) at 50 steps +1.9%, PC (reverse diffusion, snr 0.16, 500
+# steps) +4.5%; the ODE (tolerance 1e-5) and the SDE (Euler, 500 steps) showed none above sampling error (0.005).
 SAMPLERS = {
     "ode": (lambda e, d, x, g: sampling.sample_ode(e, VP, x), 0.01),
     "sde": (lambda e, d, x, g: sampling.sample_sde(e, VP, x, steps=500, generator=g), 0.02),
@@ -80,7 +80,7 @@ SAMPLERS = {
     "ddim": (lambda e, d, x, g: sampling.sample_ddim(d, SCHEDULE, x, steps=250), 0.09),
     "heun": (lambda e, d, x, g: sampling.sample_heun(e, VP, x, steps=50), 0.04),
     "dpm2m": (lambda e, d, x, g: sampling.sample_dpm2m(e, VP, x, steps=50), 0.04),
-    "pc": (lambda e, d, x, g: sampling.sample_pc(e, VP, x, steps=500, generator=g), 0.08),
+    "pc": (lambda e, d, x, g: sampling.sample_pc(e, VP, x, steps=500, generator=g), 0.09),
 }
 
 
