@@ -1,0 +1,223 @@
+"""Inpainting by RePaint (Lugmayr et al. 2022), in pixel space or in an LSGM's latent space; and the command
+
+    python -m lsgm.apps.inpaint ckpt=PATH [masks=[wide,narrow,half,lines,every_second,expand]] [num_images=8]
+        [t_T=250] [jump_length=10] [jump_n_sample=10] [seed=0] [out=inpaint.png] [device=auto] [split=test]
+        [latent_threshold=1.0] [consistency_steps=0]
+
+which inpaints the first `num_images` images of the checkpoint's dataset split under each mask (a type of
+`lsgm.apps.masks` or a .png path), writes a grid of (masked input, result, original) rows per mask, and prints
+and writes beside the PNG (same name, .csv) the RMSE on the unknown pixels against a baseline that fills them
+with the mean image of the train split.
+
+RePaint conditions an unconditional model on the known part x_0 (mask m = 1) by changing its reverse chain
+alone. At every reverse step k → k − 1
+
+    known    x_{k−1}^known   ~ q(x_{k−1} | x_0) = N(√ᾱ_{k−1} x_0, (1 − ᾱ_{k−1}) I)   (x_0 itself at k − 1 = 0),
+    unknown  x_{k−1}^unknown ~ p_θ(x_{k−1} | x_k)                                     (the model's ancestral step),
+    merged   x_{k−1} = m ⊙ x_{k−1}^known + (1 − m) ⊙ x_{k−1}^unknown,
+
+and the two parts are harmonised by resampling: the chain repeatedly jumps back up by the forward chain
+x_k = √(1 − β_k) x_{k−1} + √β_k z and denoises again (`repaint_schedule`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lsgm.images import save_image_grid, upscale_factor
+from sde.sampling import CountedModel
+
+from . import cli, latent
+from .chain import Chain, clip_range, forward_step, model_chain, reverse_step, seeded
+from .masks import MASK_TYPES, make_masks
+
+CONSISTENCY_LEARNING_RATE = 0.05
+
+
+def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
+    """The steps RePaint visits, from t_T down to 0 (its `get_schedule_jump`, in this library's numbering).
+
+    Walk down one step at a time; on arriving at a step s ∈ {1, 1 + jump_length, 1 + 2·jump_length, …} below
+    t_T − jump_length + 1, go back up by jump_length steps, jump_n_sample − 1 times in all for each s. A descending
+    pair (k, k − 1) is a reverse step (one model call), an ascending one a forward step (none), so the model runs
+
+        t_T + (jump_n_sample − 1)·jump_length·#{s}  times: 250 + 9·10·24 = 2410 for t_T = 250, jump_length = 10,
+        jump_n_sample = 10 (RePaint's setting).
+
+    RePaint labels x_k by its model index k − 1 (x_T is T − 1, x_0 is −1): its list is this one minus one.
+    """
+    if min(t_T, jump_length, jump_n_sample) < 1:
+        raise ValueError(f"t_T, jump_length and jump_n_sample must be positive, got {t_T}, {jump_length}, "
+                         f"{jump_n_sample}")
+    jumps_left = {s: jump_n_sample - 1 for s in range(1, t_T - jump_length + 1, jump_length)}
+    t, times = t_T, [t_T]
+    while t > 0:
+        t -= 1
+        times.append(t)
+        if jumps_left.get(t, 0) > 0:
+            jumps_left[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                times.append(t)
+    return times
+
+
+@torch.no_grad()
+def repaint(eps_fn, chain: Chain, known: torch.Tensor, mask: torch.Tensor, times: list[int],
+            clip_x0=None) -> tuple[torch.Tensor, int]:
+    """RePaint (module docstring) along `times` (a `repaint_schedule` on `chain`) from x_{times[0]} ~ N(0, I).
+
+    eps_fn(x, t) is continuous-time (t = τ_k/T at the chain's step k); `known` holds x_0 where mask = 1 (its
+    other entries are never read); clip_x0 clamps the model's x̂_0. Returns (x_0, number of model calls).
+    """
+    model = CountedModel(eps_fn)
+    known = known * mask
+    x = torch.randn_like(known)
+    for now, after in zip(times, times[1:]):
+        if after > now:
+            x = forward_step(chain.schedule, x, after, torch.randn_like(x))
+            continue
+        unknown = reverse_step(chain.schedule, chain.eps(model, x, now), x, now, torch.randn_like(x), clip_x0)
+        noisy_known = chain.schedule.q_sample(known, after, torch.randn_like(x)) if after > 0 else known
+        x = mask * noisy_known + (1 - mask) * unknown
+    return model.finish(x, 0.0)
+
+
+def binary_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """mask > 0.5 as 0/1 in x's dtype and device, checked to broadcast against x (B, C, H, W)."""
+    mask = torch.as_tensor(mask)
+    try:
+        fits = mask.dim() == x.dim() and torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the images {tuple(x.shape)}; "
+                         "give (B or 1, 1 or C, H, W)")
+    return (mask > 0.5).to(device=x.device, dtype=x.dtype)
+
+
+def latent_mask(mask: torch.Tensor, latent_shape, threshold: float = 1.0) -> torch.Tensor:
+    """Known latent cells (B, 1, h, w): the latent grid laid over the image, a cell is known when at least
+    `threshold` of the pixels under it are known (in every channel); 1 asks for all of them."""
+    pixel_known = mask.amin(dim=1, keepdim=True)
+    fraction = F.adaptive_avg_pool2d(pixel_known, tuple(latent_shape[1:]))
+    return (fraction >= threshold - 1e-6).to(mask.dtype)
+
+
+def fill_unknown(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x with its unknown pixels set to the mean of its known ones (per image and channel; 0 if none known)."""
+    mask = mask.expand_as(x)
+    known_mean = (x * mask).sum((2, 3), keepdim=True) / mask.sum((2, 3), keepdim=True).clamp(min=1)
+    return mask * x + (1 - mask) * known_mean
+
+
+def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """The latent consistency step: `steps` of Adam on z from the RePaint latent z_R, minimising
+
+        −Σ_{known i} log p(x_i | z) + ½‖z − z_R‖²,
+
+    the decoder's likelihood of the known pixels (`latent.decoder`) held near the score model's sample by a unit
+    Gaussian around it."""
+    start = z.detach()
+    z = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=CONSISTENCY_LEARNING_RATE)
+    known = mask.expand_as(x)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            log_likelihood = (latent.decoder(model, z).log_prob_elementwise(x) * known).sum()
+            loss = -log_likelihood + 0.5 * (z - start).pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    return z.detach()
+
+
+@torch.no_grad()
+def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_length: int = 10,
+            jump_n_sample: int = 10, seed: int | None = None, latent_threshold: float = 1.0,
+            consistency_steps: int = 0) -> torch.Tensor:
+    """Images x (B, C, H, W) completed where mask = 0: x where mask = 1, the model's RePaint completion elsewhere,
+    on the data grid of `model.levels`.
+
+    mask: 1 where known, broadcastable to x as (B or 1, 1 or C, H, W) (values > 0.5 count as known); the unknown
+    pixels of x are never read. The chain is the model's chain (`chain.model_chain`: its DDPM schedule, or its
+    SDE discretised to 1000 steps) respaced to t_T steps, as RePaint runs 250 steps of a 1000-step model.
+
+    Pixel space: RePaint on the pixels, x̂_0 clipped to [−1, 1] for discrete data. Latent space (LSGM):
+    the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
+    top latents; a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
+    (`latent_mask`); RePaint runs on the latents, which are decoded (`latent.decode`) after
+    `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back.
+    """
+    mask = binary_mask(mask, x)
+    chain = model_chain(model, t_T)
+    times = repaint_schedule(t_T, jump_length, jump_n_sample)
+    with seeded(seed):
+        if model.vae is None:
+            completed, _ = repaint(model.eps_fn(), chain, x, mask, times, clip_range(model))
+        else:
+            z_known = latent.encode(model, fill_unknown(x, mask))
+            z_mask = latent_mask(mask, model.latent_shape, latent_threshold)
+            z, _ = repaint(model.eps_fn(), chain, z_known, z_mask, times)
+            if consistency_steps:
+                z = fit_known_pixels(model, z, x, mask, consistency_steps)
+            completed = latent.decode(model, z)
+    return mask * x + (1 - mask) * model.to_data_grid(completed)
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+DEFAULTS = {
+    "ckpt": None, "masks": list(MASK_TYPES), "num_images": 8, "t_T": 250, "jump_length": 10, "jump_n_sample": 10,
+    "seed": 0, "out": "inpaint.png", "device": "auto", "split": "test", "latent_threshold": 1.0,
+    "consistency_steps": 0,
+}
+
+
+def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> float:
+    """√(mean of (estimate − x)² over the unknown entries), in the data's [−1, 1] units."""
+    unknown = (1 - mask).expand_as(x)
+    return math.sqrt(float(((estimate - x) ** 2 * unknown).sum() / unknown.sum().clamp(min=1)))
+
+
+def masked_for_display(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x with its unknown pixels shown mid-grey (0)."""
+    return x * mask
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the command (module docstring); returns the rows of the CSV."""
+    cfg = cli.parse(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
+    model = cli.load_model(cfg.ckpt, cfg.device)
+    images = cli.dataset_images(model, cfg.split)[: cfg.num_images]
+    train_mean = cli.dataset_images(model, "train").mean(0, keepdim=True)
+    size = tuple(images.shape[2:])
+    rows, tiles = [], []
+    for kind in cfg.masks:
+        mask = make_masks(str(kind), len(images), size, cfg.seed).to(images)
+        result = inpaint(model, images, mask, cfg.t_T, cfg.jump_length, cfg.jump_n_sample, cfg.seed,
+                         cfg.latent_threshold, cfg.consistency_steps)
+        baseline = mask * images + (1 - mask) * train_mean
+        rows.append({"mask": str(kind), "unknown_fraction": round(float(1 - mask.mean()), 4),
+                     "rmse": round(unknown_rmse(result, images, mask), 4),
+                     "train_mean_rmse": round(unknown_rmse(baseline, images, mask), 4)})
+        tiles += [masked_for_display(images, mask), result, images]
+        print(f"{rows[-1]['mask']:>14}  unknown {rows[-1]['unknown_fraction']:.2f}  RMSE {rows[-1]['rmse']:.4f}  "
+              f"(train-mean fill {rows[-1]['train_mean_rmse']:.4f})")
+    out = Path(cfg.out)
+    save_image_grid(torch.cat(tiles).cpu(), out, nrow=len(images), scale=upscale_factor(*size))
+    with out.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out} (rows per mask: masked input, result, original) and {out.with_suffix('.csv')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

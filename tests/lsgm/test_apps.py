@@ -1,0 +1,323 @@
+"""Inpainting (RePaint) and interpolation (DDPM §4.4, ODE + slerp): schedules, exact Gaussian checks, latent
+models end to end, masks and the commands."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import nvae
+import sde
+from lsgm.apps import inpaint, interpolate, interpolate_ode, make_masks, repaint, repaint_schedule, slerp
+from lsgm.apps.chain import model_chain, respace
+from lsgm.apps.inpaint import fit_known_pixels, latent_mask
+from lsgm.apps.latent import decoder, encode
+from lsgm.apps.masks import load_mask
+from lsgm.model import LSGM
+from lsgm.score_net import ScoreNet
+from sde.gaussian import gaussian
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models and exact Gaussian ε's gain nothing from intra-op threads, which on a shared 2-core machine only
+    wait on each other; the setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# A correlated Gaussian over 2×2 "images" (D = 4) whose exact ε drives the checks.
+MEAN = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
+COV = 0.25 * torch.tensor([[1.0, 0.8, 0.6, 0.3], [0.8, 1.0, 0.7, 0.5], [0.6, 0.7, 1.0, 0.8], [0.3, 0.5, 0.8, 1.0]],
+                          dtype=torch.float64)
+
+
+class ExactEps(nn.Module):
+    """The exact ε of N(MEAN, COV) under a VP-SDE at continuous time t (exact at a chain's steps t = i/T when the
+    chain's ᾱ_i equals ᾱ(i/T), as `VPSDE.discretize` makes it for the cosine schedule)."""
+
+    def __init__(self, vp):
+        super().__init__()
+        self.vp, self.data = vp, gaussian(MEAN, COV)
+
+    def forward(self, z_t, t, cond=None, context=None):
+        mean_coeff, std = self.vp.marginal(t.double())
+        return self.data.eps(z_t, mean_coeff, std).to(z_t.dtype)
+
+
+def gaussian_model(discrete_steps=None):
+    vp = sde.VPSDE("cosine")
+    return LSGM(ExactEps(vp), vp, vae=None, data_shape=(1, 2, 2), levels=None, mixed=False,
+                discrete_steps=discrete_steps).double()
+
+
+def pixel_model():
+    torch.manual_seed(0)
+    net = ScoreNet(1, 8, channels=16, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+    return LSGM(net, sde.VPSDE("linear"), vae=None, data_shape=(1, 8, 8), levels=17, mixed=False,
+                discrete_steps=100).eval()
+
+
+def latent_model():
+    torch.manual_seed(0)
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=1, latent_channels=2, dropout=0.0, decoder_expansion=2)
+    net = ScoreNet(vae.top_shape[0], vae.top_shape[1], channels=16, channel_mult=(1,), num_res_blocks=1,
+                   attn_resolutions=(), dropout=0.0)
+    return LSGM(net, sde.VPSDE("geometric"), vae=vae, data_shape=(1, 8, 8), levels=17).eval()
+
+
+def digits_like(n, seed=0):
+    """Images on the 17-level grid in [−1, 1]."""
+    levels = torch.randint(0, 17, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    return levels.float() / 8 - 1
+
+
+# --- RePaint's schedule and the respaced chain ---------------------------------------------------------------------
+def reverse_steps(times):
+    return sum(after < now for now, after in zip(times, times[1:]))
+
+
+def test_repaint_schedule_of_the_paper_has_2410_model_steps():
+    times = repaint_schedule(250, 10, 10)
+    assert times[0] == 250 and times[-1] == 0
+    assert all(abs(now - after) == 1 for now, after in zip(times, times[1:]))
+    assert reverse_steps(times) == 2410 and len(times) - 1 - 2410 == 24 * 9 * 10  # 24 jump points × 9 × 10 up-steps
+    calls = []
+    _, nfe = repaint(lambda x, t: calls.append(t) or torch.zeros_like(x), model_chain(gaussian_model(), 250),
+                     torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), times)
+    assert nfe == 2410 == len(calls)
+
+
+def test_repaint_schedule_against_a_hand_count():
+    # t_T = 6, jumps of 2 at s = 1 and 3, once each: 6→3, up to 5, 5→1, up to 3, 3→0.
+    assert repaint_schedule(6, 2, 2) == [6, 5, 4, 3, 4, 5, 4, 3, 2, 1, 2, 3, 2, 1, 0]
+    assert reverse_steps(repaint_schedule(6, 2, 2)) == 6 + 2 * 1 * 2
+    assert repaint_schedule(4, 10, 10) == [4, 3, 2, 1, 0]  # no room for a jump: plain ancestral sampling
+    with pytest.raises(ValueError, match="positive"):
+        repaint_schedule(0, 10, 10)
+
+
+def test_respaced_chain_keeps_the_marginals():
+    schedule = sde.VPSDE("linear").discretize(1000)
+    chain = respace(schedule, 250)
+    kept = [round(t * 1000) for t in chain.times]
+    assert kept[0] == 1 and kept[-1] == 1000 and len(kept) == 250
+    torch.testing.assert_close(chain.schedule.alpha_bars, schedule.alpha_bars[torch.tensor(kept) - 1], rtol=1e-12,
+                               atol=0)
+    torch.testing.assert_close(respace(schedule, 1000).schedule.betas, schedule.betas, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="2..1000"):
+        respace(schedule, 1001)
+
+
+# --- inpainting ---------------------------------------------------------------------------------------------------
+def test_pixel_inpainting_keeps_the_known_pixels_and_never_reads_the_unknown():
+    model, x = pixel_model(), digits_like(3)
+    mask = make_masks("half", 3, (8, 8))
+    result = inpaint(model, x, mask, t_T=8, jump_length=2, jump_n_sample=2, seed=0)
+    assert torch.equal(result[mask.bool().expand_as(x)], x[mask.bool().expand_as(x)])
+    assert torch.equal(model.to_data_grid(result), result)
+    scrambled = torch.where(mask.bool(), x, torch.rand_like(x))
+    assert torch.equal(inpaint(model, scrambled, mask, t_T=8, jump_length=2, jump_n_sample=2, seed=0), result)
+    with pytest.raises(ValueError, match="broadcast"):
+        inpaint(model, x, torch.ones(1, 1, 4, 4), t_T=8)
+
+
+def gaussian_inpainting_errors(jump_n_sample, n=400):
+    """Sample mean and variance of the unknown pixels (1, 2) given known pixels (0, 3), in standard errors of n
+    draws from the analytic conditional N(μ_u + Σ_uk Σ_kk⁻¹(x_k − μ_k), Σ_uu − Σ_uk Σ_kk⁻¹ Σ_ku)."""
+    known, unknown = torch.tensor([True, False, False, True]), torch.tensor([False, True, True, False])
+    x_known = torch.tensor([0.8, 0.0, 0.0, -0.3], dtype=torch.float64)
+    gain = COV[unknown][:, known] @ torch.linalg.inv(COV[known][:, known])
+    mean = MEAN[unknown] + gain @ (x_known[known] - MEAN[known])
+    var = (COV[unknown][:, unknown] - gain @ COV[known][:, unknown]).diagonal()
+    samples = inpaint(gaussian_model(), x_known.reshape(1, 1, 2, 2).expand(n, 1, 2, 2), known.reshape(1, 1, 2, 2),
+                      t_T=100, jump_length=10, jump_n_sample=jump_n_sample, seed=0).reshape(n, 4)[:, unknown]
+    mean_error = (samples.mean(0) - mean) / (var / n).sqrt()
+    var_error = (samples.var(0) / var - 1) / math.sqrt(2 / (n - 1))
+    return mean_error, var_error
+
+
+def test_gaussian_inpainting_samples_the_analytic_conditional():
+    """With the exact ε of a correlated Gaussian, RePaint's samples have the conditional mean and variance within
+    4 standard errors of n = 400 draws (SE of a mean √(σ²/n), of a variance ratio √(2/(n − 1)) ≈ 0.071). RePaint is
+    approximate: over 20 000 draws its bias here is about 1.5 SE (mean) and 1 SE (variance) at n = 400. Without
+    resampling (jump_n_sample = 1, plain replacement of the known part) the bias is 5–7 SE, and the check fails."""
+    mean_error, var_error = gaussian_inpainting_errors(jump_n_sample=10)
+    assert mean_error.abs().max() < 4 and var_error.abs().max() < 4, (mean_error, var_error)
+    mean_error, var_error = gaussian_inpainting_errors(jump_n_sample=1)
+    assert max(mean_error.abs().max(), var_error.abs().max()) > 4, (mean_error, var_error)
+
+
+def test_latent_mask_on_the_latent_grid():
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., :4, :4] = 0  # top-left cell entirely unknown
+    mask[..., 7, 7] = 0  # one pixel of the bottom-right cell unknown
+    assert latent_mask(mask, (4, 2, 2)).flatten().tolist() == [0, 1, 1, 0]
+    assert latent_mask(mask, (4, 2, 2), threshold=0.9).flatten().tolist() == [0, 1, 1, 1]
+
+
+def test_latent_inpainting_end_to_end():
+    """A tiny untrained LSGM: the known pixels survive, the unknown ones are never read, the result is on the data
+    grid, and the consistency step raises the decoder's likelihood of the known pixels."""
+    model, x = latent_model(), digits_like(2, seed=1)
+    mask = make_masks("lines", 2, (8, 8))
+    options = {"t_T": 6, "jump_length": 2, "jump_n_sample": 2, "seed": 0}
+    result = inpaint(model, x, mask, consistency_steps=5, **options)
+    assert result.shape == x.shape and torch.equal(model.to_data_grid(result), result)
+    assert torch.equal(result * mask, x * mask)
+    scrambled = torch.where(mask.bool(), x, torch.rand_like(x))
+    assert torch.equal(inpaint(model, scrambled, mask, consistency_steps=5, **options), result)
+
+    z = encode(model, x)
+    with torch.no_grad():
+        before = (decoder(model, z).log_prob_elementwise(x) * mask).sum()
+        after = (decoder(model, fit_known_pixels(model, z, x, mask, steps=20)).log_prob_elementwise(x) * mask).sum()
+    assert after > before, (before, after)  # an untrained decoder hardly depends on z: the gain is small here
+
+
+# --- interpolation ------------------------------------------------------------------------------------------------
+def test_interpolation_at_t0_returns_the_endpoints():
+    model, x0, x1 = pixel_model(), digits_like(2, seed=2), digits_like(2, seed=3)
+    images = interpolate(model, x0, x1, 0, [0.0, 0.5, 1.0], seed=0)
+    assert images.shape == (2, 3, 1, 8, 8)
+    assert torch.equal(images[:, 0], x0) and torch.equal(images[:, 2], x1)
+    assert torch.equal(images[:, 1], model.to_data_grid((x0 + x1) / 2))
+    with pytest.raises(ValueError, match="0..100"):
+        interpolate(model, x0, x1, 101, [0.5])
+
+
+def test_interpolation_mean_matches_the_gaussian_posterior():
+    """Exact Gaussian, DDPM chain of T = 100, t = 50: encoding both sources with one ε makes x̄_t the encoding of the
+    pixel mixture x_λ = (1 − λ)x_0 + λx_1, so the reverse chain returns, on average,
+        E[x̄_0] = μ + ᾱ_t Σ (ᾱ_t Σ + (1 − ᾱ_t) I)⁻¹ (x_λ − μ),
+    whose spread is Cov = Σ − ᾱ_t Σ M Σ + ᾱ_t(1 − ᾱ_t) Σ M² Σ, M = (ᾱ_t Σ + (1 − ᾱ_t) I)⁻¹. Checked within 4 SE of
+    n = 400 pairs for λ = 0, ¼, 1."""
+    model, n, t, lambdas = gaussian_model(discrete_steps=100), 400, 50, [0.0, 0.25, 1.0]
+    x0 = torch.tensor([0.9, -0.5, 0.2, 0.6], dtype=torch.float64)
+    x1 = torch.tensor([-0.4, 0.3, 1.1, -0.2], dtype=torch.float64)
+    images = interpolate(model, x0.reshape(1, 1, 2, 2).expand(n, 1, 2, 2), x1.reshape(1, 1, 2, 2).expand(n, 1, 2, 2),
+                         t, lambdas, seed=0).reshape(n, 3, 4)
+    alpha_bar = model.schedule.alpha_bars[t - 1]
+    inverse = torch.linalg.inv(alpha_bar * COV + (1 - alpha_bar) * torch.eye(4, dtype=torch.float64))
+    spread = COV - alpha_bar * COV @ inverse @ COV + alpha_bar * (1 - alpha_bar) * COV @ inverse @ inverse @ COV
+    for column, lam in enumerate(lambdas):
+        expected = MEAN + alpha_bar * COV @ inverse @ ((1 - lam) * x0 + lam * x1 - MEAN)
+        error = (images[:, column].mean(0) - expected) / (spread.diagonal() / n).sqrt()
+        assert error.abs().max() < 4, (lam, error)
+
+
+def test_ode_interpolation_returns_the_endpoints():
+    model = gaussian_model()
+    x0 = torch.tensor([[0.9, -0.5, 0.2, 0.6], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64).reshape(2, 1, 2, 2)
+    x1 = torch.tensor([[-0.4, 0.3, 1.1, -0.2], [0.5, -0.5, 0.0, 0.9]], dtype=torch.float64).reshape(2, 1, 2, 2)
+    images = interpolate_ode(model, x0, x1, [0.0, 0.5, 1.0], rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(images[:, 0], x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(images[:, 2], x1, atol=1e-4, rtol=0)
+    assert not torch.allclose(images[:, 1], (x0 + x1) / 2, atol=1e-2)  # the middle is decoded, not mixed in pixels
+
+
+def test_slerp_keeps_the_norm_between_equal_norm_ends():
+    a, b = torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0]])
+    path = slerp(a, b, torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1))
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[2], b)
+    torch.testing.assert_close(path[1], torch.tensor([[3 / math.sqrt(2), 3 / math.sqrt(2), 0.0]]))
+    torch.testing.assert_close(slerp(a, a, torch.tensor([0.3]).reshape(1, 1, 1))[0], a)  # θ = 0: linear
+
+
+def test_latent_interpolation_end_to_end():
+    model, x0, x1 = latent_model(), digits_like(2, seed=4), digits_like(2, seed=5)
+    images = interpolate(model, x0, x1, 3, [0.0, 0.5, 1.0], seed=0)
+    assert images.shape == (2, 3, 1, 8, 8) and torch.equal(model.to_data_grid(images), images)
+    at_zero = interpolate(model, x0, x1, 0, [0.0], seed=0)[:, 0]
+    with torch.no_grad():
+        reconstruction = model.to_data_grid(decoder(model, encode(model, x0)).mean())
+    assert torch.equal(at_zero, reconstruction)
+
+
+# --- masks ----------------------------------------------------------------------------------------------------------
+def test_masks_have_their_known_fractions_and_are_seeded(tmp_path):
+    size = (8, 8)
+    kinds = ("half", "lines", "every_second", "expand")
+    unknown = {kind: 1 - make_masks(kind, 4, size).mean().item() for kind in kinds}
+    assert unknown == {"half": 0.5, "lines": 0.5, "every_second": 0.75, "expand": 0.75}
+    assert make_masks("every_second", 1, size)[0, 0, ::2, ::2].eq(1).all()
+    for kind in ("wide", "narrow"):
+        masks = make_masks(kind, 16, (32, 32), seed=3)
+        assert torch.equal(masks, make_masks(kind, 16, (32, 32), seed=3))
+        assert not torch.equal(masks, make_masks(kind, 16, (32, 32), seed=4))
+        assert 0.02 < 1 - masks.mean().item() < 0.7
+    picture = torch.zeros(16, 16, dtype=torch.uint8)
+    picture[:, :8] = 255  # left half white: known
+    Image.fromarray(picture.numpy()).save(tmp_path / "mask.png")
+    assert torch.equal(load_mask(tmp_path / "mask.png", size), make_masks("half", 1, size))
+    assert make_masks(str(tmp_path / "mask.png"), 3, size).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown mask"):
+        make_masks("square", 1, size)
+
+
+# --- the commands -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny LSGM trained for one step by the project's trainer (digits)."""
+    from hydra import compose, initialize_config_dir
+
+    from lsgm.train import Trainer
+
+    overrides = ["logger=none", "device=cpu", "train.steps=1", "train.stage1_steps=0", "train.batch_size=16",
+                 "train.eval_repeats=1", "train.num_samples=4", "vae.params.channels=8",
+                 "vae.params.groups_per_scale=1", "score.net.channels=16", "score.net.num_res_blocks=1"]
+    config_dir = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_dir = tmp_path_factory.mktemp("run")
+    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer.fit()
+        return trainer.save("last.pt")
+    finally:
+        trainer.close()
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_inpaint_command_writes_a_grid_and_rmse_table(checkpoint, tmp_path):
+    from lsgm.apps.inpaint import main
+
+    out = tmp_path / "inpaint.png"
+    rows = main([f"ckpt={checkpoint}", "masks=[half,every_second]", "num_images=3", "t_T=4", "jump_length=2",
+                 "jump_n_sample=2", "consistency_steps=2", f"out={out}"])
+    assert png_size(out) == (1 + 3 * 65, 1 + 6 * 65)  # 8×8 digits shown 8× with 1-pixel gaps: 3 images × 6 rows
+    with out.with_suffix(".csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["mask"] for row in table] == ["half", "every_second"]
+    assert float(table[1]["unknown_fraction"]) == 0.75 and all(float(row["train_mean_rmse"]) > 0 for row in table)
+    assert rows[0]["rmse"] == float(table[0]["rmse"])
+
+
+def test_interpolate_command_writes_a_grid(checkpoint, tmp_path):
+    from lsgm.apps.interpolate import main
+
+    out = tmp_path / "interp.png"
+    main([f"ckpt={checkpoint}", "t_fractions=[0,0.002,0.004]", "lambdas=[0,0.5,1]", "pairs=[[0,1]]", f"out={out}"])
+    assert png_size(out) == (1 + 5 * 65, 1 + 3 * 65)  # columns x0, 3 λ's, x1; rows t = 0, 2, 4
+
+
+def test_commands_reject_unknown_keys(checkpoint):
+    from lsgm.apps.interpolate import main
+
+    with pytest.raises(SystemExit, match="unknown argument.*steps; valid keys: ckpt"):
+        main([f"ckpt={checkpoint}", "steps=3"])
+    with pytest.raises(SystemExit, match="ckpt=PATH"):
+        main([])
