@@ -5,11 +5,12 @@
 The model is a small time-conditional conv net on (B, 4, 8, 8) latents. For each sampler the script prints
 NFE, wall time and the overhead ratio wall / (NFE × t_call), with t_call the median time of one bare eps_fn
 call on the same batch (after a warm-up), measured right before each run; the ratio is the median over the
-runs. 1.0 is the floor; the target is ≤ 1.10. The same ratio in CPU time (process_time) is printed beside it:
-on a shared machine other processes' load blurs both, so the last column divides the wall time by the
-network's own wall time summed over its calls inside the same run (pure solver overhead). A second table
-shows what one Brownian-motion query costs per step: torchsde's BrownianInterval with and without `dt`
-(torchsde issue 109) against the BrownianIncrements that sample_sde uses.
+runs. 1.0 is the floor; the target is ≤ 1.10. On a shared machine other processes' load blurs that ratio, so
+two more views follow: the wall time over the network's own wall time summed over its calls inside the same
+run, and the solver's own CPU time per call, measured with a model that costs nothing (eps = x), with the
+ratio it predicts for t_call (in CPU time). A second table shows what one Brownian-motion query costs per
+step: torchsde's BrownianInterval with and without `dt` (torchsde issue 109) against the BrownianIncrements
+that sample_sde uses.
 """
 
 from __future__ import annotations
@@ -46,11 +47,21 @@ class TinyEpsNet(nn.Module):
         return self.conv_out(h)
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall, CPU) seconds of one call of fn: perf_counter and process_time."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+def median_seconds(fn, repeats: int = 20, warmup: int = 3, clock=time.perf_counter) -> float:
+    """Median time of single calls of fn on `clock` (wall by default), after a warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def free_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A model that costs nothing (eps = x): what is left of a run is the solver's own work."""
+    return x
 
 
 class StopwatchNet:
@@ -64,14 +75,6 @@ class StopwatchNet:
         eps = self.net(x, t)
         self.seconds += time.perf_counter() - start
         return eps
-
-
-def median_call(fn, repeats: int = 20, warmup: int = 3) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of single calls of fn, after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    walls, cpus = zip(*(timed(fn) for _ in range(repeats)))
-    return statistics.median(walls), statistics.median(cpus)
 
 
 def sampler_runs(vp: sde.VPSDE, x_T: torch.Tensor):
@@ -139,21 +142,25 @@ def main() -> None:
 
     print(f"batch {args.batch} × (4, 8, 8), hidden {args.hidden}, {args.threads} thread(s), torch {torch.__version__}")
     print()
-    print("| sampler | NFE | wall (s) | t_call (ms) | overhead wall / (NFE · t_call) | in CPU time "
-          "| wall / Σ network time in the run |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| sampler | NFE | wall (s) | t_call (ms) | overhead wall / (NFE · t_call) "
+          "| wall / Σ network time in the run | solver CPU µs per call (free model) | 1 + that / t_call (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, run in sampler_runs(vp, x_T).items():
         nfe = run(net)[1]  # a warm-up run, which also gives the NFE
         rows = []
         for _ in range(args.repeats):  # each run paired with a fresh t_call, as the machine's load drifts
-            call_wall, call_cpu = median_call(bare_call)
+            call = median_seconds(bare_call)
+            call_cpu = median_seconds(bare_call, clock=time.process_time)
             stopwatch = StopwatchNet(net)
-            run_wall, run_cpu = timed(lambda run=run, stopwatch=stopwatch: run(stopwatch))
-            rows.append((run_wall, call_wall, run_wall / (nfe * call_wall), run_cpu / (nfe * call_cpu),
-                         run_wall / stopwatch.seconds))
-        wall, call, *ratios = (statistics.median(column) for column in zip(*rows))
-        print(f"| {name} | {nfe} | {wall:.3f} | {call * 1e3:.3f} | " + " | ".join(f"{r:.3f}" for r in ratios) + " |",
-              flush=True)
+            wall = median_seconds(lambda run=run, stopwatch=stopwatch: run(stopwatch), repeats=1, warmup=0)
+            start = time.process_time()
+            free_nfe = run(free_model)[1]
+            solver = (time.process_time() - start) / free_nfe
+            rows.append((wall, call, wall / (nfe * call), wall / stopwatch.seconds, solver * 1e6,
+                         1 + solver / call_cpu))
+        wall, call, *ratios, solver, predicted = (statistics.median(column) for column in zip(*rows))
+        print(f"| {name} | {nfe} | {wall:.3f} | {call * 1e3:.3f} | {ratios[0]:.3f} | {ratios[1]:.3f} | {solver:.0f} "
+              f"| {predicted:.3f} |", flush=True)
 
     shape, span, steps = (args.batch, 4 * 8 * 8), 1.0 - 1e-3, 1000
     print(f"\n| Brownian motion, {steps} steps of ({args.batch}, 256) | µs per step | with Lévy area (srk) |")
