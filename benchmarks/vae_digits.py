@@ -51,7 +51,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600.0, help="training time budget")
     parser.add_argument("--steps", type=int, default=100_000, help="training step budget")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--k", type=int, default=100, help="importance samples for the test NLL")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
