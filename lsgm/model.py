@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sde import VPSDE, expand_like
+from sde import VPSDE, expand_like, sampling
+
+from .data import to_levels, to_unit_range
 
 
 class LSGM(nn.Module):
@@ -25,6 +27,7 @@ class LSGM(nn.Module):
         data_shape: (C, H, W) of the data; levels: values per pixel of the data.
         mixing_logit_init: initial ℓ (LSGM: −3; −6 for MNIST); `mixed=False` uses ε'_θ alone.
         discrete_steps: T for a DDPM chain (`sde.discretize(T)`), None for continuous time.
+        prior: "sgm" (LSGM), or "vae" for a VAE trained alone (sampling and likelihood use its own prior).
     """
 
     def __init__(
@@ -37,8 +40,12 @@ class LSGM(nn.Module):
         mixing_logit_init: float = -3.0,
         mixed: bool = True,
         discrete_steps: int | None = None,
+        prior: str = "sgm",
     ):
         super().__init__()
+        if prior not in ("sgm", "vae") or (prior == "vae" and vae is None):
+            raise ValueError(f"prior must be 'sgm', or 'vae' for a model with a VAE; got {prior!r}")
+        self.prior = prior
         if discrete_steps is not None and mixed:
             raise ValueError("the mixed score is defined for continuous time; set mixed=False for a discrete chain")
         self.score_net, self.sde, self.vae = score_net, sde, vae
@@ -66,11 +73,35 @@ class LSGM(nn.Module):
         return (1 - alpha) * std * z_t + alpha * eps_net
 
     def eps_fn(self, cond=None, context=None):
-        """The model as a sampler's `eps_fn(x, t)`: continuous t, or integer steps i for a discrete chain."""
-        if self.discrete:
-            steps = self.schedule.T
-            return lambda x, i: self.eps(x, i.to(x.dtype) / steps, cond, context)
+        """The model as a sampler's continuous-time `eps_fn(x, t)` (a discrete chain's network sees t = i/T)."""
         return lambda x, t: self.eps(x, t, cond, context)
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: str = "ode", temperature: float = 1.0, generator: torch.Generator | None = None,
+               mean: bool = False, cond=None, context=None, prior: str | None = None,
+               **options) -> tuple[torch.Tensor, int]:
+        """n samples in the data range and the sampler's NFE.
+
+        z_1 ~ N(0, temperature²·I) of the latent shape, integrated to t ≈ 0 by `sampler` (any name of
+        `sde.sampling.SAMPLERS`, with its options; ddpm/ddim run on the model's chain, T = 1000 for a
+        continuous model), then decoded (the VAE fills its lower groups from its own prior) and put on
+        the data's grid of `levels` values in [−1, 1]. With `prior="vae"` (default: the model's own `prior`)
+        the VAE samples from its own prior instead (no network evaluations of the score model).
+        """
+        if (prior or self.prior) == "vae":
+            return self.to_data_grid(self.vae.sample(n, temperature, mean)), 0
+        reference = next(self.parameters())
+        z_T = temperature * self.sde.prior_sample((n, *self.latent_shape), generator=generator,
+                                                  device=reference.device, dtype=reference.dtype)
+        steps = self.schedule.T if self.discrete else 1000
+        z, nfe = sampling.sample(self.eps_fn(cond, context), self.sde, z_T, sampler, T=steps, **options)
+        return self.to_data_grid(self.decode(z, temperature, mean)), nfe
+
+    def to_data_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """x rounded to the nearest of the data's `levels` values in [−1, 1] (continuous data: unchanged)."""
+        if self.levels is None:
+            return x
+        return to_unit_range(to_levels(x, self.levels), self.levels).to(x.dtype)
 
     # --- latent <-> data ------------------------------------------------------------------------
     def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:

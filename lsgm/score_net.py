@@ -137,12 +137,14 @@ class ScoreNet(nn.Module):
         time_scale: float = 1000.0,
     ):
         super().__init__()
-        if image_size % 2 ** (len(channel_mult) - 1):
-            raise ValueError(f"image_size {image_size} must be divisible by 2^(levels−1) = {2 ** (len(channel_mult) - 1)}")
+        factor = 2 ** (len(channel_mult) - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size {image_size} must be divisible by 2^(levels−1) = {factor}")
         self.in_channels, self.image_size = in_channels, image_size
         self.cond_channels, self.context_dim, self.time_scale = cond_channels, context_dim, time_scale
         temb_channels = 4 * channels
-        self.temb = nn.Sequential(nn.Linear(channels, temb_channels), nn.SiLU(), nn.Linear(temb_channels, temb_channels))
+        self.temb = nn.Sequential(nn.Linear(channels, temb_channels), nn.SiLU(),
+                                  nn.Linear(temb_channels, temb_channels))
         self.base_channels = channels
         self.conv_in = nn.Conv2d(in_channels + cond_channels, channels, 3, padding=1)
         stage = lambda cin, cout, attend: Stage(  # noqa: E731

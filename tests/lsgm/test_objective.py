@@ -134,8 +134,9 @@ class TinyVAE(nn.Module):
         z_top = torch.tensor([[0.5, -1.0]]).reshape(1, 2, 1, 1).expand(x.shape[0], 2, 1, 1)
         z_low = torch.full((x.shape[0], 1, 1, 1), 0.25)
         dist = SimpleNamespace(log_prob=lambda data: -data.flatten(1).pow(2).sum(1))
-        return SimpleNamespace(z=[z_top, z_low], log_q=[torch.full((x.shape[0],), -1.5), torch.full((x.shape[0],), 0.2)],
-                               log_p=[torch.full((x.shape[0],), -9.0), torch.full((x.shape[0],), -0.7)], dist=dist)
+        per_sample = lambda value: torch.full((x.shape[0],), value)  # noqa: E731
+        return SimpleNamespace(z=[z_top, z_low], log_q=[per_sample(-1.5), per_sample(0.2)],
+                               log_p=[per_sample(-9.0), per_sample(-0.7)], dist=dist)
 
     def concat_top(self, z):
         return z[0]

@@ -1,0 +1,60 @@
+"""`key=value` command lines for the entry points beside training (`python -m lsgm.sample ...`).
+
+Arguments use hydra's override syntax without hydra's run folders: `ckpt=runs/x/checkpoints/best.pt`,
+`options.steps=20`, `tasks=[nll,bound]`. Unknown keys are an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class UsageError(ValueError):
+    """A command-line argument the entry point does not accept."""
+
+
+def parse_arguments(defaults: dict, argv: list[str] | None = None, program: str = "lsgm") -> DictConfig:
+    """The defaults merged with `key=value` arguments; `--help` prints the defaults and exits."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(f"usage: python -m {program} key=value ...\n\ndefaults:\n{OmegaConf.to_yaml(defaults)}")
+        raise SystemExit(0)
+    bad = [arg for arg in argv if "=" not in arg]
+    if bad:
+        raise UsageError(f"arguments must look like key=value, got {bad}")
+    given = OmegaConf.from_dotlist(argv)
+    base = OmegaConf.create(defaults)
+    unknown = [key for key in given if key not in base]
+    if unknown:
+        raise UsageError(f"unknown argument(s) {unknown}; valid: {sorted(base)}")
+    merged = OmegaConf.merge(base, given)
+    missing = [key for key, value in merged.items() if value == "???"]
+    if missing:
+        raise UsageError(f"missing required argument(s): {', '.join(f'{k}=...' for k in missing)}")
+    return merged
+
+
+def sampler_defaults(name: str) -> dict:
+    """The options of configs/sampler/<name>.yaml (the same defaults training uses), or {} if there is none."""
+    path = CONFIG_DIR / "sampler" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path).get("options", {})) if path.is_file() else {}
+
+
+def run(main, defaults: dict, program: str) -> None:
+    """Parse arguments and call main(cfg). Errors a user can cause (a bad argument, path or checkpoint; any
+    ValueError of the library's input checks) print one line and exit with status 2; LSGM_DEBUG=1 re-raises."""
+    from .checkpoint import CheckpointError
+
+    try:
+        main(parse_arguments(defaults, program=program))
+    except (CheckpointError, ValueError) as error:
+        if os.environ.get("LSGM_DEBUG"):
+            raise
+        print(f"{program}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,324 @@
+"""Evaluation of trained models: likelihood bounds in bits/dim, samples, and the `python -m lsgm.evaluate` entry.
+
+NLL by model kind (D = C·H·W data dimensions, bits/dim = nats/(D ln 2)):
+    LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_top,i) Π_lower p(z_l,i|z_<l,i) / q(z_i|x),  z_i ~ q(z|x),
+                with log p_ODE the probability-flow ODE likelihood of the top latents (Hutchinson trace);
+    VAE alone   its importance-weighted bound with the VAE's own prior;
+    pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1).
+Each returns per-image nats; the reported error is the standard error of the mean over test images.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from sde import sampling, vlb
+from sde.likelihood import bin_width, dequantize, ode_bits_per_dim, ode_log_likelihood
+from sde.vlb import RateDistortion
+
+from .build import load, load_splits, plain
+from .cli import run, sampler_defaults
+from .distributed import resolve_device
+from .log import RunLogger
+from .metrics import plots
+from .metrics.quality import sample_quality
+from .objective import cross_entropy_constant, denoising_terms, joint_loss, score_loss
+from .sample import draw, write_samples
+
+
+def nats_to_bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:
+    return nats / (dims * math.log(2))
+
+
+def _per_image_bound(model, x: torch.Tensor, vae_only: bool, scheme: str, t_eps: float) -> torch.Tensor:
+    """One stochastic draw of the validation bound per image, in nats (see `validation_bound`)."""
+    if vae_only:
+        return -model.vae.loss(x)["elbo_nats"]
+    if model.vae is not None:
+        return joint_loss(model, x, 1.0, scheme, "reweight_p_samples", t_eps).nelbo
+    if model.discrete:
+        return score_loss(model, x)
+    dequantized = dequantize(x, model.levels)
+    terms = denoising_terms(model, dequantized, scheme, t_eps)
+    cross_entropy = terms.weight_ll * terms.squared_error + cross_entropy_constant(model.sde, dequantized, t_eps)
+    return cross_entropy - x[0].numel() * math.log(bin_width(model.levels))
+
+
+@torch.no_grad()
+def validation_bound(model, x: torch.Tensor, vae_only: bool = False, repeats: int = 4, scheme: str = "ll_iw",
+                     t_eps: float = 1e-2, batch_size: int = 512) -> float:
+    """A cheap stochastic bound in bits/dim for model selection (the caller fixes the seed), averaged over
+    `repeats` draws: the VAE's −ELBO (`vae_only`), LSGM's −ELBO with a DSM estimate of the SGM cross-entropy,
+    or for pixel models the DSM cross-entropy of uniformly dequantized data minus D log Δ (DDPM chains:
+    L_simple/(D ln 2) — a loss, not a bound)."""
+    total = sum(_per_image_bound(model, batch, vae_only, scheme, t_eps).sum().item()
+                for _ in range(repeats) for batch in x.split(batch_size))
+    return total / (repeats * x.shape[0] * x[0].numel() * math.log(2))
+
+
+@torch.no_grad()
+def generate(model, n: int, sampler_cfg, prior: str | None = None, generator=None) -> tuple[torch.Tensor, int]:
+    """n samples in [−1, 1] with the configured sampler (`name` + `options`); `prior="vae"` uses the VAE's own."""
+    cfg = plain(sampler_cfg)
+    return model.sample(n, sampler=cfg["name"], generator=generator, prior=prior, **cfg.get("options", {}))
+
+
+@dataclass
+class NLLResult:
+    """Per-image negative log-likelihood bounds (nats) and their summary in bits/dim."""
+
+    nats: torch.Tensor
+    dims: int
+    nfe: int
+
+    @property
+    def bpd(self) -> float:
+        return nats_to_bits_per_dim(self.nats.mean(), self.dims).item()
+
+    @property
+    def bpd_stderr(self) -> float:
+        spread = self.nats.std() / math.sqrt(self.nats.numel()) if self.nats.numel() > 1 else torch.tensor(0.0)
+        return nats_to_bits_per_dim(spread, self.dims).item()
+
+
+def _ode_options(options: dict) -> dict:
+    defaults = {"rtol": 1e-5, "atol": 1e-5, "t_eps": 1e-5, "divergence": "hutchinson", "probe": "rademacher"}
+    return {**defaults, **options}
+
+
+@torch.no_grad()
+def latent_nll(model, x: torch.Tensor, k: int = 1, **ode_options) -> tuple[torch.Tensor, int]:
+    """LSGM's importance-weighted bound per image (nats) with the ODE likelihood of the top latents."""
+    images = x.repeat(k, *([1] * (x.dim() - 1)))
+    out = model.vae(images)
+    z_top = model.vae.concat_top(out.z)
+    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, z_top, **_ode_options(ode_options))
+    groups = model.vae.num_top_groups
+    log_lower = torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else 0.0
+    log_w = out.dist.log_prob(images) + log_prior + log_lower - torch.stack(out.log_q, 1).sum(1)
+    return math.log(k) - torch.logsumexp(log_w.view(k, x.shape[0]), 0), nfe
+
+
+@torch.no_grad()
+def pixel_nll(model, x: torch.Tensor, **ode_options) -> tuple[torch.Tensor, int]:
+    """−log P(x) bound per image (nats) of a pixel-space model: the ODE likelihood of uniformly dequantized data."""
+    bits, nfe = ode_bits_per_dim(model.eps_fn(), model.sde, x, model.levels, **_ode_options(ode_options))
+    return bits * x[0].numel() * math.log(2), nfe
+
+
+def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, **ode_options) -> NLLResult:
+    """The NLL bound of every image in x, batch by batch (see the module docstring for the bound used)."""
+    model.eval()
+    nats, nfe = [], 0
+    for batch in x.split(batch_size):
+        if model.prior == "vae":
+            nats.append(model.vae.nll(batch, k))
+            continue
+        values, calls = latent_nll(model, batch, k, **ode_options) if model.vae is not None else \
+            pixel_nll(model, batch, **ode_options)
+        nats.append(values)
+        nfe += calls
+    return NLLResult(torch.cat(nats).cpu(), x[0].numel(), nfe)
+
+
+# --- the DDPM bound and progressive coding -----------------------------------------------------------------------
+def diffusion_chain(model, T: int = 1000):
+    """The model's DDPM chain (its own for a discrete model, else the VP-SDE discretised to T steps) and the
+    network as a discrete eps_fn(x, i)."""
+    schedule = model.schedule if model.discrete else model.sde.discretize(T)
+    return schedule, sampling.discrete_eps_fn(model.eps_fn(), schedule.T)
+
+
+@torch.no_grad()
+def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
+                    generator: torch.Generator | None = None) -> tuple[dict, RateDistortion]:
+    """DDPM's bound term by term for x (pixel models) or for the top latents of one posterior sample (LSGM).
+
+    Pixel space: L = L_T + Σ L_{t−1} + L_0 with a Gaussian decoder discretised to the data's levels.
+    LSGM: the chain's bound on −log p(z_0) (Gaussian decoder density on the latent) enters
+    −log p(x) ≤ −log p(x|z) + log q(z|x) + L(z_top) − Σ_lower log p(z_l|z_<l); progressive coding's
+    distortion is measured after decoding x̂ = E p(x | ẑ_0) and its rate is converted to bits per data dimension.
+    Returns the summary (bits/dim) and the rate–distortion table.
+    """
+    schedule, eps_fn = diffusion_chain(model, T)
+    dims = x[0].numel()
+    if model.vae is None:
+        bound = vlb.variational_bound(eps_fn, schedule, x, model.levels, num_steps=num_steps, batch_size=batch_size,
+                                      generator=generator)
+        return bound.summary(), bound.rate_distortion()
+    out = model.vae(x)
+    z_top = model.vae.concat_top(out.z)
+    scale = (model.levels - 1) / 2
+
+    def decoded_error(z_hat, index):
+        images = model.decode(z_hat.to(x.dtype), mean=True)
+        return ((images - x[index]).double() * scale).pow(2).flatten(1).mean(1)
+
+    bound = vlb.variational_bound(eps_fn, schedule, z_top, None, num_steps=num_steps, batch_size=batch_size,
+                                  generator=generator, distortion=decoded_error)
+    groups = model.vae.num_top_groups
+    lower = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else 0.0
+    rest = -out.dist.log_prob(x) + torch.stack(out.log_q, 1).sum(1) + lower
+    total = bound.total + rest
+    summary = {"total_bits_per_dim": nats_to_bits_per_dim(total.mean(), dims).item(),
+               "total_bits_per_dim_stderr": nats_to_bits_per_dim(total.std() / math.sqrt(len(total)), dims).item(),
+               "latent_prior_bits_per_dim": nats_to_bits_per_dim(bound.total.mean(), dims).item(),
+               "decoder_entropy_lower_bits_per_dim": nats_to_bits_per_dim(rest.mean(), dims).item()}
+    table = bound.rate_distortion()
+    latent_to_data = z_top[0].numel() / dims
+    table = dataclasses.replace(table, rate=table.rate * latent_to_data, term=table.term * latent_to_data)
+    return summary, table
+
+
+@torch.no_grad()
+def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
+                            generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """x̂_0 along one progressive-decoding chain (DDPM Alg. 4's receiver): x_T ~ q(x_T|x_0), then
+    x_{t−1} ~ q(x_{t−1}|x_t, x_0); at each of `steps` the prediction x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t, in data
+    space (decoded for LSGM). Returns one (B, C, H, W) tensor per step, in the order of `steps`."""
+    schedule, eps_fn = diffusion_chain(model, T)
+    x0 = x if model.vae is None else model.encode_top(x)
+    wanted = {int(s) for s in steps}
+    noise = lambda: torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # noqa: E731
+    x_t = schedule.q_sample(x0, schedule.T, noise())
+    predictions = {}
+    for t in range(schedule.T, 0, -1):
+        step = torch.full((x0.shape[0],), t, device=x0.device)
+        if t in wanted:
+            x0_hat = schedule.x0_from_eps(x_t, step, eps_fn(x_t, step))
+            predictions[t] = model.decode(x0_hat, mean=True) if model.vae is not None else x0_hat.clamp(-1, 1)
+        if t > 1:
+            mean, var, _ = schedule.q_posterior(x0, x_t, step)
+            x_t = mean + var.sqrt() * noise()
+    return [predictions[int(s)] for s in steps]
+
+
+# --- python -m lsgm.evaluate --------------------------------------------------------------------------------------
+DEFAULTS = {
+    "ckpt": "???",
+    "tasks": ["nll", "bound", "quality"],
+    "split": "test",
+    "max_images": None,
+    "batch_size": 360,
+    "seed": 0,
+    "device": "auto",
+    "out": None,             # default: <run folder>/eval
+    "logger": None,          # default: the run's (wandb offline); none disables wandb
+    "nll": {"k": 4, "rtol": 1e-5, "atol": 1e-5, "repeats": 1},
+    "bound": {"T": 1000, "num_steps": None, "batch_size": 4096,
+              "report_steps": [1000, 900, 500, 100, 1], "progressive_images": 8},
+    "quality": {"num_samples": 1000, "sampler": None, "options": {}, "inception_weights": None},
+}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    print(" | ".join(rows[0]))
+    for row in rows:
+        print(" | ".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in row.values()))
+
+
+def run_nll(model, x, cfg, out: Path) -> dict:
+    options = plain(cfg.nll)
+    result = test_nll(model, x, k=options.pop("k"), batch_size=cfg.batch_size, **options)
+    summary = {"nll_bits_per_dim": result.bpd, "nll_bits_per_dim_stderr": result.bpd_stderr, "nll_nfe": result.nfe,
+               "nll_images": x.shape[0]}
+    (out / "nll.json").write_text(json.dumps(summary, indent=2))
+    print(f"NLL: {result.bpd:.4f} ± {result.bpd_stderr:.4f} bits/dim over {x.shape[0]} images "
+          f"({result.nfe} ODE function evaluations)")
+    return summary
+
+
+def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
+    options = cfg.bound
+    summary, table = diffusion_bound(model, x, options.T, options.num_steps, options.batch_size, generator)
+    rows = table.rows()
+    _write_csv(out / "rate_distortion.csv", rows)
+    report = [row for row in rows if row["step"] in set(options.report_steps)] or rows
+    _print_table("progressive coding (rate in bits/dim received once x_t is known; RMSE on 0..levels−1)", report)
+    print("bound: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    images = {"bound_terms": plots.plot_bound_terms(table, out / "bound_terms.png"),
+              "rate_distortion": plots.plot_rate_distortion(table, out / "rate_distortion.png")}
+    shown = x[: options.progressive_images]
+    steps = [s for s in options.report_steps if s <= table.T]
+    predictions = progressive_predictions(model, shown, steps, options.T, generator)
+    images["progressive"] = plots.save_progressive_grid([shown, *predictions][::-1], out / "progressive.png")
+    (out / "bound.json").write_text(json.dumps(summary, indent=2))
+    return {f"bound_{k}": v for k, v in summary.items()}, images
+
+
+def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
+    options = cfg.quality
+    sampler = options.sampler or model.config.sampler.name
+    defaults = plain(model.config.sampler).get("options", {}) if options.sampler is None else sampler_defaults(sampler)
+    sampler_options = {**defaults, **(options.options or {})}
+    images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed)
+    npz, png = write_samples(images, model.levels, out / "samples.npz")
+    metrics = sample_quality(images, data=model.config.data.name, root=model.config.data.root,
+                             inception_weights=options.inception_weights, device=device)
+    metrics = {**metrics, "sampler": sampler, "sampler_nfe": nfe, "num_samples": options.num_samples}
+    (out / "quality.json").write_text(json.dumps(metrics, indent=2))
+    print("sample quality: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in metrics.items()))
+    return {f"quality_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, {"samples": png}
+
+
+def main(cfg) -> dict:
+    device = resolve_device(cfg.device)
+    model = load(cfg.ckpt, device)
+    unknown = set(cfg.tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; valid: {list(TASKS)}")
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    x = load_splits(model.config.data)[cfg.split].x
+    x = x[: cfg.max_images].to(device) if cfg.max_images else x.to(device)
+    log_cfg = plain(model.config.logger)
+    mode = cfg.logger or log_cfg.get("mode", "offline")
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    summary, images = {}, {}
+    with RunLogger(out, mode=mode, project=log_cfg.get("project", "lsgm"), group=log_cfg.get("group"),
+                   name=f"{Path(cfg.ckpt).resolve().parent.parent.name}-eval",
+                   tags=["eval"], config=OmegaConf.to_container(cfg)) as logger:
+        if "nll" in cfg.tasks:
+            summary.update(run_nll(model, x, cfg, out))
+        if "bound" in cfg.tasks:
+            if model.prior == "vae":
+                print("bound: skipped (a VAE alone has no diffusion prior)")
+            else:
+                numbers, pictures = run_bound(model, x, cfg, out, generator)
+                summary.update(numbers)
+                images.update(pictures)
+        if "quality" in cfg.tasks:
+            numbers, pictures = run_quality(model, cfg, out, device)
+            summary.update(numbers)
+            images.update(pictures)
+        for name, path in images.items():
+            logger.log_images(name, path, 0)
+        logger.log({k: v for k, v in summary.items() if isinstance(v, (int, float))}, 0)
+        logger.summary(summary)
+    print(f"evaluation written to {out}")
+    return summary
+
+
+TASKS = ("nll", "bound", "quality")
+
+if __name__ == "__main__":
+    run(main, DEFAULTS, "lsgm.evaluate")

@@ -1,0 +1,125 @@
+"""Training infrastructure: exact resume, atomic checkpoints, clear errors, hydra presets and sweeps."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIG_DIR, TINY, tiny_config
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lsgm.build import build_model, load
+from lsgm.checkpoint import CheckpointError, load_checkpoint
+from lsgm.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train(cfg, run_dir, stop_at=None):
+    trainer = Trainer(cfg, run_dir)
+    if stop_at is not None:
+        step = trainer.train_step
+
+        def step_then_maybe_stop(x):
+            record = step(x)
+            trainer.stop_requested = trainer.progress.step == stop_at
+            return record
+
+        trainer.train_step = step_then_maybe_stop
+    trainer.fit()
+    trainer.close()
+    return trainer
+
+
+def test_resume_continues_the_same_trajectory(tmp_path):
+    """20 steps straight == 10 steps, a stop (checkpoint), a new process-like Trainer resuming, 10 more."""
+    cfg = tiny_config("train.steps=20", "train.stage1_steps=6", "train.eval_every=5")
+    straight = train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "resumed", stop_at=10)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 10
+    resumed = train(cfg, tmp_path / "resumed")
+    assert resumed.progress.step == 20
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), name
+    for name, a in straight.ema.shadow.items():
+        assert torch.allclose(a, resumed.ema.shadow[name], atol=1e-6, rtol=0), name
+    assert straight.progress.best_step == resumed.progress.best_step
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(), tmp_path)
+    trainer.train_step(next(trainer.stream).x)
+    path = trainer.save("last.pt")
+
+    def broken_save(obj, file, *args, **kwargs):
+        with open(file, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    trainer.train_step(next(trainer.stream).x)
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save("last.pt")
+    assert load_checkpoint(path)["step"] == 1
+    trainer.close()
+
+
+def test_bad_checkpoints_raise_one_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not an lsgm checkpoint"):
+        load(foreign)
+
+
+def test_resuming_with_an_incompatible_config_is_a_clear_error(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path)
+    trainer.save("last.pt")
+    trainer.close()
+    with pytest.raises(CheckpointError, match="does not fit this model's configuration"):
+        Trainer(tiny_config("score.net.channels=16"), tmp_path)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_preset_composes_and_builds(experiment):
+    overrides = [f"experiment={experiment}", "data.root=/nonexistent"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    shapes = {"digits": ((1, 8, 8), 17), "mnist": ((1, 32, 32), 256), "cifar10": ((3, 32, 32), 256)}
+    data_shape, levels = shapes[cfg.data.name]
+    with torch.device("meta" if cfg.data.name != "digits" else "cpu"):  # GPU-sized presets: shapes only
+        model = build_model(cfg, data_shape, levels)
+    assert model.data_shape == data_shape and model.levels == levels
+    assert cfg.train.stage1_steps <= cfg.train.steps
+    if experiment == "digits_ddpm":
+        assert model.discrete and model.schedule.T == 1000 and model.vae is None
+    if experiment == "digits_vae":
+        assert model.prior == "vae"
+    if experiment in ("mnist", "cifar10"):
+        assert cfg.train.amp == "bf16" and model.vae is not None
+
+
+def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_joint.py"), "-m", "train.lr_score=1e-4,3e-4", *overrides,
+         f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        run_dir = tmp_path / job
+        for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+            assert (run_dir / name).is_file(), name
+        assert list((run_dir / "samples").glob("*.png"))
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    groups = {OmegaConf.load(tmp_path / job / "config.yaml").logger.group for job in "01"}
+    assert groups == {tmp_path.name}
+    assert result.stdout.count("test NLL:") == 2
