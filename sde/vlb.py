@@ -255,6 +255,7 @@ def variational_bound(
     variance: str = "small",
     clip_x0: tuple[float, float] | None = None,
     decoder: Decoder | None = None,
+    distortion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 1024,
     generator: torch.Generator | None = None,
 ) -> VariationalBound:
@@ -264,8 +265,10 @@ def variational_bound(
     chunks of `batch_size`. Each step-t term uses one x_t ~ q(x_t | x_0). `num_steps` and `spacing` subsample
     the steps (see `bound_steps`); `variance` ("small" β̃_t or "large" β_t) and `clip_x0` (clamp x̂_0, then μ̃) choose
     p_θ as in `DDPMSchedule.p_mean_var`, and `clip_x0` also clamps the x̂_0 whose distortion is measured.
-    `decoder(x_0, mean, log_var) -> nats (b,)` replaces the default `decoder_nll(levels)`. `generator`
-    draws the steps and the noise. The maths runs in float64.
+    `decoder(x_0, mean, log_var) -> nats (b,)` replaces the default `decoder_nll(levels)`;
+    `distortion(x̂_0, index) -> (b,)` replaces the squared error (x̂_0 − x_0)² averaged over dimensions on
+    the level scale — e.g. measured after decoding latents, `index` naming each row's sample in x0.
+    `generator` draws the steps and the noise. The maths runs in float64.
     """
     steps, weights = bound_steps(schedule.T, num_steps, generator, spacing)
     decoder = decoder_nll(levels) if decoder is None else decoder
@@ -274,16 +277,19 @@ def variational_bound(
     squared_error = torch.empty_like(terms)
     for pairs in torch.arange(count * num_evaluated, device=x0.device).split(batch_size):
         t = steps.to(x0.device)[pairs // count]
-        terms[pairs], squared_error[pairs] = _step_terms(
-            eps_fn, schedule, x0[pairs % count], t, variance, clip_x0, decoder, generator)
-    squared_error = squared_error * level_scale(levels) ** 2
+        index = pairs % count
+        terms[pairs], x0_hat = _step_terms(eps_fn, schedule, x0[index], t, variance, clip_x0, decoder, generator)
+        if distortion is None:
+            squared_error[pairs] = (x0_hat - x0[index].double()).pow(2).flatten(1).mean(1) * level_scale(levels) ** 2
+        else:
+            squared_error[pairs] = distortion(x0_hat, index)
     return VariationalBound(steps, weights.to(x0.device), terms.reshape(num_evaluated, count).T,
                             prior_kl(schedule, x0), squared_error.reshape(num_evaluated, count).T,
                             x0[0].numel(), schedule.T)
 
 
 def _step_terms(eps_fn, schedule, x0, t, variance, clip_x0, decoder, generator):
-    """The step-t terms of a chunk (KL for t ≥ 2, decoder for t = 1) and the squared error of x̂_0 (b,)."""
+    """The step-t terms of a chunk (KL for t ≥ 2, decoder for t = 1) (b,) and the prediction x̂_0 (float64)."""
     x0_double = x0.double()
     noise = _standard_normal(x0_double, generator)
     xt = schedule.q_sample(x0_double, t, noise)
@@ -295,8 +301,7 @@ def _step_terms(eps_fn, schedule, x0, t, variance, clip_x0, decoder, generator):
     if bool(first.any()):
         terms[first] = decoder(x0_double[first], mean[first], log_var[first])
     x0_hat = schedule.x0_from_eps(xt, t, eps)
-    x0_hat = x0_hat if clip_x0 is None else x0_hat.clamp(*clip_x0)
-    return terms, (x0_hat - x0_double).pow(2).reshape(x0.shape[0], -1).mean(1)
+    return terms, x0_hat if clip_x0 is None else x0_hat.clamp(*clip_x0)
 
 
 def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
