@@ -11,6 +11,7 @@ import nvae
 from sde import VPSDE
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .conditioning import build_condition
 from .data import load_dataset
 from .model import LSGM
 from .score_net import ScoreNet
@@ -44,16 +45,19 @@ def build_vae(cfg: Mapping, data_shape, levels: int | None):
 
 
 def build_model(cfg: Mapping, data_shape, levels: int | None) -> LSGM:
-    """The LSGM model of a run config (root config with `sde`, `vae`, `score`)."""
+    """The LSGM model of a run config (root config with `sde`, `vae`, `score`, optional `condition`)."""
     sde = build_sde(cfg["sde"])
     vae = build_vae(cfg["vae"], data_shape, levels)
     latent_shape = tuple(vae.top_shape) if vae is not None else tuple(data_shape)
     score = plain(cfg["score"])
-    net = ScoreNet(in_channels=latent_shape[0], image_size=latent_shape[1], **score.get("net", {}))
+    condition = build_condition(plain(cfg["condition"]) if cfg.get("condition") else None, data_shape, latent_shape)
+    net = ScoreNet(in_channels=latent_shape[0], image_size=latent_shape[1], **score.get("net", {}),
+                   **(condition.network_arguments() if condition is not None else {}))
     vae_alone = plain(cfg.get("train", {})).get("mode") == "vae"
     return LSGM(net, sde, vae=vae, data_shape=data_shape, levels=levels,
                 mixing_logit_init=score.get("mixing_logit_init", -3.0), mixed=score.get("mixed", True),
-                discrete_steps=plain(cfg["sde"]).get("discrete_steps"), prior="vae" if vae_alone else "sgm")
+                discrete_steps=plain(cfg["sde"]).get("discrete_steps"), prior="vae" if vae_alone else "sgm",
+                condition=condition)
 
 
 def load_splits(data_cfg) -> dict:

@@ -28,6 +28,7 @@ class LSGM(nn.Module):
         mixing_logit_init: initial ℓ (LSGM: −3; −6 for MNIST); `mixed=False` uses ε'_θ alone.
         discrete_steps: T for a DDPM chain (`sde.discretize(T)`), None for continuous time.
         prior: "sgm" (LSGM), or "vae" for a VAE trained alone (sampling and likelihood use its own prior).
+        condition: a `lsgm.conditioning` module (class labels by cross-attention, a masked image by concatenation).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class LSGM(nn.Module):
         mixed: bool = True,
         discrete_steps: int | None = None,
         prior: str = "sgm",
+        condition: nn.Module | None = None,
     ):
         super().__init__()
         if prior not in ("sgm", "vae") or (prior == "vae" and vae is None):
@@ -54,6 +56,7 @@ class LSGM(nn.Module):
         channels = self.latent_shape[0]
         self.mixing_logit = nn.Parameter(torch.full((channels,), float(mixing_logit_init))) if mixed else None
         self.schedule = sde.discretize(discrete_steps) if discrete_steps is not None else None
+        self.condition = condition
 
     @property
     def discrete(self) -> bool:
@@ -72,13 +75,39 @@ class LSGM(nn.Module):
         std = expand_like(self.sde.marginal(t)[1], z_t)
         return (1 - alpha) * std * z_t + alpha * eps_net
 
-    def eps_fn(self, cond=None, context=None):
-        """The model as a sampler's continuous-time `eps_fn(x, t)` (a discrete chain's network sees t = i/T)."""
-        return lambda x, t: self.eps(x, t, cond, context)
+    def condition_inputs(self, y) -> dict:
+        """The score network's keyword inputs (`cond`/`context`) for a condition y ({} for none)."""
+        if y is None:
+            return {}
+        if self.condition is None:
+            raise ValueError("this model was trained without a condition; train with condition=... to use one")
+        return self.condition.inputs(y)
+
+    def guided_eps(self, z_t: torch.Tensor, t: torch.Tensor, inputs: dict, guidance: float = 1.0) -> torch.Tensor:
+        """Classifier-free guidance ε̂(z, t, ∅) + w·(ε̂(z, t, y) − ε̂(z, t, ∅)), the two in one batched call.
+
+        A conditional model with no condition given (`inputs` empty) is the unconditional model ε̂(z, t, ∅).
+        """
+        if self.condition is None:
+            return self.eps(z_t, t)
+        null = self.condition.null_inputs(z_t.shape[0], z_t)
+        if not inputs or guidance == 0.0:
+            return self.eps(z_t, t, **null)
+        if guidance == 1.0:
+            return self.eps(z_t, t, **inputs)
+        merged = {name: torch.cat([inputs[name], null[name]]) for name in inputs}
+        eps_conditional, eps_null = self.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), **merged).chunk(2)
+        return eps_null + guidance * (eps_conditional - eps_null)
+
+    def eps_fn(self, y=None, guidance: float = 1.0):
+        """The model as a sampler's continuous-time `eps_fn(x, t)` (a discrete chain's network sees t = i/T),
+        conditioned on y with guidance scale `guidance` when the model has a condition."""
+        inputs = self.condition_inputs(y)
+        return lambda x, t: self.guided_eps(x, t, inputs, guidance)
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ode", temperature: float = 1.0, generator: torch.Generator | None = None,
-               mean: bool = False, cond=None, context=None, prior: str | None = None,
+               mean: bool = False, y=None, guidance: float = 1.0, prior: str | None = None,
                **options) -> tuple[torch.Tensor, int]:
         """n samples in the data range and the sampler's NFE.
 
@@ -86,7 +115,8 @@ class LSGM(nn.Module):
         `sde.sampling.SAMPLERS`, with its options; ddpm/ddim run on the model's chain, T = 1000 for a
         continuous model), then decoded (the VAE fills its lower groups from its own prior) and put on
         the data's grid of `levels` values in [−1, 1]. With `prior="vae"` (default: the model's own `prior`)
-        the VAE samples from its own prior instead (no network evaluations of the score model).
+        the VAE samples from its own prior instead (no network evaluations of the score model). `y` conditions
+        a conditional model (class labels (n,), or (images, mask) for a mask condition) with guidance `guidance`.
         """
         if (prior or self.prior) == "vae":
             return self.to_data_grid(self.vae.sample(n, temperature, mean)), 0
@@ -94,7 +124,7 @@ class LSGM(nn.Module):
         z_T = temperature * self.sde.prior_sample((n, *self.latent_shape), generator=generator,
                                                   device=reference.device, dtype=reference.dtype)
         steps = self.schedule.T if self.discrete else 1000
-        z, nfe = sampling.sample(self.eps_fn(cond, context), self.sde, z_T, sampler, T=steps, **options)
+        z, nfe = sampling.sample(self.eps_fn(y, guidance), self.sde, z_T, sampler, T=steps, **options)
         return self.to_data_grid(self.decode(z, temperature, mean)), nfe
 
     def to_data_grid(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,12 +43,13 @@ class DenoisingTerms:
     weight_ll: torch.Tensor  # likelihood weight / proposal
 
 
-def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, cond=None, context=None) -> DenoisingTerms:
-    """Draw t ~ scheme and ε ~ N(0, I), diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t)."""
+def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: dict | None = None) -> DenoisingTerms:
+    """Draw t ~ scheme and ε ~ N(0, I), diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t) (with the score
+    network's condition `inputs`, see `LSGM.condition_inputs`; none: a conditional model's unconditional ε̂)."""
     draw = sample_time(model.sde, scheme, z0.shape[0], t_eps, device=z0.device, dtype=z0.dtype)
     noise = torch.randn_like(z0)
     z_t = model.sde.perturb(z0, draw.t, noise)
-    squared_error = (noise - model.eps(z_t, draw.t, cond, context)).flatten(1).pow(2).sum(1)
+    squared_error = (noise - model.guided_eps(z_t, draw.t, inputs or {})).flatten(1).pow(2).sum(1)
     return DenoisingTerms(draw.t, squared_error, draw.weight, draw.weight_ll)
 
 
@@ -76,8 +77,7 @@ def joint_loss(
     scheme_p: str = "ll_iw",
     scheme_q: str = "reweight_p_samples",
     t_eps: float = 1e-2,
-    cond=None,
-    context=None,
+    inputs: dict | None = None,
 ) -> JointLoss:
     """LSGM's joint objective for a batch x (model.vae must exist).
 
@@ -92,8 +92,8 @@ def joint_loss(
     log_q = torch.stack(out.log_q, 1).sum(1)
     lower_nll = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else torch.zeros_like(recon)
 
-    draw_p = denoising_terms(model, z0, scheme_p, t_eps, cond, context)
-    draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, cond, context)
+    draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs)
+    draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs)
     cross_entropy = draw_q.weight_ll * draw_q.squared_error + cross_entropy_constant(model.sde, z0, t_eps)
     dsm = draw_p.weight * draw_p.squared_error
     nelbo = recon + log_q + cross_entropy + lower_nll
@@ -102,7 +102,7 @@ def joint_loss(
 
 
 def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps: float = 1e-2,
-               cond=None, context=None) -> torch.Tensor:
+               inputs: dict | None = None) -> torch.Tensor:
     """The score model alone on fixed data or latents z_0 (pixel space, or a frozen VAE): per-sample DSM (B,).
 
     Continuous time: w(t)/r(t)·‖ε − ε̂‖² with `scheme`. Discrete chain (DDPM): L_simple = E_{i,ε}‖ε − ε_θ(x_i, i)‖²
@@ -112,7 +112,7 @@ def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps:
         steps = torch.randint(1, model.schedule.T + 1, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0)
         x_t = model.schedule.q_sample(z0, steps, noise)
-        eps = model.eps(x_t, steps.to(z0.dtype) / model.schedule.T, cond, context)
+        eps = model.guided_eps(x_t, steps.to(z0.dtype) / model.schedule.T, inputs or {})
         return (noise - eps).flatten(1).pow(2).sum(1)
-    terms = denoising_terms(model, z0, scheme, t_eps, cond, context)
+    terms = denoising_terms(model, z0, scheme, t_eps, inputs)
     return terms.weight * terms.squared_error

@@ -3,6 +3,8 @@
 Draws samples from a trained model (EMA weights) and writes them as `.npz` — first array `samples`,
 N×C×H×W integers in 0..levels−1, then `levels` — with a PNG grid beside it; prints the NFE.
 Sampler options default to configs/sampler/<name>.yaml and are overridden by `options.<key>=value`.
+A class-conditional model takes `condition.class=3 guidance=2.0` (classifier-free guidance scale;
+0 is the unconditional model, 1 the conditional one).
 """
 
 from __future__ import annotations
@@ -28,18 +30,22 @@ DEFAULTS = {
     "seed": 0,
     "device": "auto",
     "out": "samples.npz",
+    "condition": {"class": None},
+    "guidance": 1.0,
 }
 
 
 def draw(model, num_samples: int, sampler: str, options: dict, temperature: float = 1.0, batch_size: int = 256,
-         seed: int = 0, **condition) -> tuple[torch.Tensor, int]:
-    """`num_samples` images in [−1, 1] in batches, reproducible from `seed`; returns (images, NFE of one batch)."""
+         seed: int = 0, y: torch.Tensor | None = None, guidance: float = 1.0) -> tuple[torch.Tensor, int]:
+    """`num_samples` images in [−1, 1] in batches, reproducible from `seed`, conditioned on labels y (N,) if given;
+    returns (images, NFE of one batch)."""
     generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     images, nfe = [], 0
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
-        batch, nfe = model.sample(count, sampler=sampler, temperature=temperature, generator=generator,
-                                  **condition, **options)
+        labels = None if y is None else y[start:start + count]
+        batch, nfe = model.sample(count, sampler=sampler, temperature=temperature, generator=generator, y=labels,
+                                  guidance=guidance, **options)
         images.append(batch.cpu())
     return torch.cat(images), nfe
 
@@ -62,7 +68,10 @@ def main(cfg) -> None:
     device = resolve_device(cfg.device)
     model = load(cfg.ckpt, device)
     options = {**sampler_defaults(cfg.sampler), **cfg.options}
-    images, nfe = draw(model, cfg.num_samples, cfg.sampler, options, cfg.temperature, cfg.batch_size, cfg.seed)
+    label = cfg.condition["class"]
+    y = None if label is None else torch.full((cfg.num_samples,), int(label), dtype=torch.long)
+    images, nfe = draw(model, cfg.num_samples, cfg.sampler, options, cfg.temperature, cfg.batch_size, cfg.seed,
+                       y, cfg.guidance)
     npz, png = write_samples(images, model.levels, cfg.out)
     print(f"{cfg.num_samples} samples with {cfg.sampler} ({nfe} network evaluations per batch): {npz}, grid {png}")
 

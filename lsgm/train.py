@@ -30,6 +30,7 @@ from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, trai
 from . import distributed
 from .build import build_model, load, load_splits, plain
 from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .conditioning import random_masks
 from .data import BatchStream
 from .ema import EMA
 from .evaluate import generate, test_nll, validation_bound
@@ -167,7 +168,18 @@ class Trainer:
         return linear_ramp(p, start, self.t.kl_anneal_fraction)
 
     # --- one step -------------------------------------------------------------------------------------
-    def _losses(self, phase: str, x: torch.Tensor, kl_weight: float):
+    def _condition_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> dict:
+        """The score network's condition for a training batch, dropped at the condition's rate (for guidance)."""
+        condition = self.model.condition
+        if condition is None:
+            return {}
+        if condition.kind == "class":
+            if y is None:
+                raise ValueError("a class condition needs a labelled dataset")
+            return condition.inputs(condition.drop(y))
+        return condition.inputs(condition.drop((x, random_masks(x.shape[0], x.shape[-2:], device=x.device))))
+
+    def _losses(self, phase: str, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float):
         """(scalars to log, loss of the VAE's update or None, loss of the score model's update or None)."""
         t = self.t
         if phase == "vae":
@@ -175,15 +187,17 @@ class Trainer:
             scalars = {"loss_vae": terms["loss"].item(), "train_bpd": terms["bpd"].mean().item()}
             return scalars, terms["loss"], None
         if phase == "joint":
-            terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps)
+            terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps,
+                               self._condition_inputs(x, y))
             regulariser = (t.spectral_weight * self.vae.spectral_norm_loss() + t.norm_weight * self.vae.norm_loss())
             scalars = terms.scalars()
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
             return scalars, terms.loss_vae + regulariser, terms.loss_score
+        inputs = self._condition_inputs(x, y)
         if phase == "disjoint":
             with torch.no_grad():
                 x = self.model.encode_top(x)
-        loss = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps).mean()
+        loss = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps, inputs).mean()
         return {"loss_score": loss.item()}, None, loss
 
     def _clip(self, parameters, loss) -> float:
@@ -192,7 +206,7 @@ class Trainer:
         limit = self.t.grad_clip if self.t.grad_clip else math.inf
         return torch.nn.utils.clip_grad_norm_(parameters, limit).item()
 
-    def train_step(self, x: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
         phase, p = self.phase(step), self.phase_progress(step)
         self._set_learning_rates(phase, p)
@@ -200,7 +214,7 @@ class Trainer:
         self.model.train()
         amp = self.t.amp == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            scalars, loss_vae, loss_score = self._losses(phase, x, kl_weight)
+            scalars, loss_vae, loss_score = self._losses(phase, x, y, kl_weight)
         for optimizer in (self.vae_optimizer, self.score_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -271,8 +285,8 @@ class Trainer:
         try:
             while self.progress.step < t.steps and not self.stop_requested:
                 phase_before = self.phase(self.progress.step)
-                x = next(self.stream).x
-                record = self.train_step(x)
+                batch = next(self.stream)
+                record = self.train_step(batch.x, batch.y)
                 step = self.progress.step
                 loss = record.get("loss_vae", record.get("loss_score"))
                 running = loss if running is None or not math.isfinite(running) else 0.95 * running + 0.05 * loss

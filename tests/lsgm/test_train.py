@@ -23,8 +23,8 @@ def train(cfg, run_dir, stop_at=None):
     if stop_at is not None:
         step = trainer.train_step
 
-        def step_then_maybe_stop(x):
-            record = step(x)
+        def step_then_maybe_stop(x, y=None):
+            record = step(x, y)
             trainer.stop_requested = trainer.progress.step == stop_at
             return record
 

@@ -1,0 +1,107 @@
+"""Conditioning: cross-attention and concatenation see the condition; guidance 0 is the unconditional model."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+import sde
+from lsgm.build import load
+from lsgm.conditioning import ClassCondition, MaskCondition, random_masks
+from lsgm.model import LSGM
+from lsgm.sample import DEFAULTS, main
+from lsgm.score_net import ScoreNet
+from lsgm.train import Trainer
+
+
+def randomised(module: nn.Module) -> nn.Module:
+    """Every parameter redrawn (the U-Net's zero-initialised output layers would hide any input); eval mode."""
+    torch.manual_seed(0)
+    for parameter in module.parameters():
+        nn.init.normal_(parameter, std=0.2)
+    return module.eval()
+
+
+def test_cross_attention_sees_the_context():
+    net = randomised(ScoreNet(2, 4, channels=8, num_res_blocks=1, attn_resolutions=(4,), context_dim=6))
+    x, t = torch.randn(3, 2, 4, 4), torch.rand(3)
+    context = torch.randn(3, 1, 6)
+    same = net(x, t, context=context)
+    other = net(x, t, context=context + 1.0)
+    assert torch.equal(same, net(x, t, context=context))
+    assert (same - other).abs().max() > 1e-3
+
+
+def test_concatenation_sees_the_conditioning_tensor():
+    net = randomised(ScoreNet(2, 4, channels=8, num_res_blocks=1, attn_resolutions=(), cond_channels=3))
+    x, t = torch.randn(3, 2, 4, 4), torch.rand(3)
+    cond = torch.randn(3, 3, 4, 4)
+    assert (net(x, t, cond=cond) - net(x, t, cond=cond.flip(0))).abs().max() > 1e-3
+
+
+def class_model():
+    condition = ClassCondition(num_classes=10, context_dim=6, drop_rate=0.5)
+    net = ScoreNet(2, 4, channels=8, num_res_blocks=1, attn_resolutions=(4,), context_dim=6)
+    model = LSGM(randomised(net), sde.VPSDE(), data_shape=(2, 4, 4), levels=None, mixed=False,
+                 condition=randomised(condition))
+    return model, condition
+
+
+def test_guidance_zero_is_the_unconditional_model_and_one_the_conditional():
+    model, condition = class_model()
+    z, t = torch.randn(4, 2, 4, 4), torch.rand(4)
+    y = torch.tensor([0, 3, 3, 9])
+    unconditional = model.eps(z, t, **condition.inputs(torch.full((4,), -1)))
+    conditional = model.eps(z, t, **condition.inputs(y))
+    assert torch.allclose(model.eps_fn(y, guidance=0.0)(z, t), unconditional)
+    assert torch.allclose(model.eps_fn()(z, t), unconditional)
+    assert torch.allclose(model.eps_fn(y, guidance=1.0)(z, t), conditional)
+    assert torch.allclose(model.eps_fn(y, guidance=2.5)(z, t), unconditional + 2.5 * (conditional - unconditional),
+                          atol=1e-5)
+    assert (conditional - unconditional).abs().max() > 1e-3
+
+
+def test_condition_dropout_rates():
+    condition = ClassCondition(num_classes=10, drop_rate=0.3)
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (20000,))
+    dropped = condition.drop(y)
+    rate = (dropped == -1).float().mean().item()
+    assert abs(rate - 0.3) < 4 * (0.3 * 0.7 / 20000) ** 0.5
+    assert torch.equal(dropped[dropped != -1], y[dropped != -1])
+    with pytest.raises(ValueError, match="0..9"):
+        condition.inputs(torch.tensor([10]))
+
+
+def test_mask_condition_pools_known_pixels_to_the_latent_grid():
+    condition = MaskCondition(data_channels=1, latent_size=4)
+    x = torch.arange(64.0).reshape(1, 1, 8, 8) / 64
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4, :] = 1
+    cond = condition.inputs((x, mask))["cond"]
+    assert cond.shape == (1, 2, 4, 4)
+    assert torch.allclose(cond[0, 1], torch.tensor([1.0, 1.0, 0.0, 0.0])[:, None].expand(4, 4))
+    assert torch.allclose(cond[0, 0, 0, 0], (x[0, 0, :2, :2]).mean())
+    masks = random_masks(500, (8, 8), generator=torch.Generator().manual_seed(0))
+    unknown = 1 - masks.mean((1, 2, 3))
+    assert unknown.min() > 0 and unknown.max() <= 0.75**2 + 1e-6
+
+
+def test_class_conditional_training_and_sampling_command(tmp_path, capsys):
+    trainer = Trainer(tiny_config("condition=class", "condition.context_dim=8"), tmp_path)
+    trainer.fit()
+    trainer.close()
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    model = load(checkpoint)
+    assert model.condition is not None and model.condition.kind == "class"
+    out = tmp_path / "threes.npz"
+    cfg = {**DEFAULTS, "ckpt": str(checkpoint), "num_samples": 6, "sampler": "heun", "options": {"steps": 3},
+           "out": str(out), "condition": {"class": 3}, "guidance": 2.0}
+    from omegaconf import OmegaConf
+
+    main(OmegaConf.create(cfg))
+    import numpy as np
+
+    samples = np.load(out)["samples"]
+    assert samples.shape == (6, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
+    assert "network evaluations" in capsys.readouterr().out
