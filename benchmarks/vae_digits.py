@@ -6,6 +6,9 @@ test NLL (IWAE, k = 100) in bits/dim beside two baselines fitted in this script:
 
 Split (the project's convention): perm = default_rng(0).permutation(1797); train = perm[:1437],
 test = perm[1437:]; the last 10% of train is held out for validation / early stopping.
+
+Measured (2 shared CPU cores, 1 thread, defaults: 1.49M parameters, batch 32, 600 s = 2878 steps):
+test IWAE-100 1.770 bits/dim, test ELBO 1.832, train ELBO 1.726; uniform 4.087, independent 2.431.
 """
 
 from __future__ import annotations
