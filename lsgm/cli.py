@@ -29,12 +29,11 @@ def parse_arguments(defaults: dict, argv: list[str] | None = None, program: str 
     if bad:
         raise UsageError(f"arguments must look like key=value, got {bad}")
     given = OmegaConf.from_dotlist(argv)
-    base = OmegaConf.create(defaults)
-    unknown = [key for key in given if key not in base]
+    unknown = [key for key in given if key not in defaults]
     if unknown:
-        raise UsageError(f"unknown argument(s) {unknown}; valid: {sorted(base)}")
-    merged = OmegaConf.merge(base, given)
-    missing = [key for key, value in merged.items() if value == "???"]
+        raise UsageError(f"unknown argument(s) {unknown}; valid: {sorted(defaults)}")
+    merged = OmegaConf.merge(OmegaConf.create(defaults), given)
+    missing = [key for key in defaults if OmegaConf.is_missing(merged, key)]
     if missing:
         raise UsageError(f"missing required argument(s): {', '.join(f'{k}=...' for k in missing)}")
     return merged

@@ -37,16 +37,20 @@ DEFAULTS = {
 
 def draw(model, num_samples: int, sampler: str, options: dict, temperature: float = 1.0, batch_size: int = 256,
          seed: int = 0, y: torch.Tensor | None = None, guidance: float = 1.0) -> tuple[torch.Tensor, int]:
-    """`num_samples` images in [−1, 1] in batches, reproducible from `seed`, conditioned on labels y (N,) if given;
+    """`num_samples` images in [−1, 1] in batches, reproducible from `seed` (the sampler's noise and the decoder's,
+    which uses the global generator, seeded here and restored after), conditioned on labels y (N,) if given;
     returns (images, NFE of one batch)."""
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
     images, nfe = [], 0
-    for start in range(0, num_samples, batch_size):
-        count = min(batch_size, num_samples - start)
-        labels = None if y is None else y[start:start + count]
-        batch, nfe = model.sample(count, sampler=sampler, temperature=temperature, generator=generator, y=labels,
-                                  guidance=guidance, **options)
-        images.append(batch.cpu())
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            labels = None if y is None else y[start:start + count]
+            batch, nfe = model.sample(count, sampler=sampler, temperature=temperature, generator=generator, y=labels,
+                                      guidance=guidance, **options)
+            images.append(batch.cpu())
     return torch.cat(images), nfe
 
 
