@@ -1,0 +1,92 @@
+"""Training throughput of the joint LSGM step, and its overhead over a bare forward + backward.
+
+    python benchmarks/train_throughput.py [--threads 1] [--steps 30] [override ...]
+
+Measured side by side in one process, alternating, on the same batches:
+- step:  `Trainer.train_step` — the joint objective, two backward passes (VAE and score model get
+         gradients of different losses), spectral/norm regularisers, clipping, the finiteness guard,
+         two optimizer steps and the EMA update;
+- bare:  one forward of the same networks on the same objective terms and one backward of their sum,
+         no optimizer — the least any joint step must do.
+Prints images/s for both, the overhead ratio step/bare, and the same for the VAE-alone stage-1 step.
+Hydra overrides (e.g. `train.batch_size=128`) select the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from lsgm.objective import joint_loss
+from lsgm.train import Trainer
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def bare_joint(trainer: Trainer, x: torch.Tensor) -> None:
+    """Forward of the joint objective and one backward of its two losses' sum (no updates)."""
+    terms = joint_loss(trainer.model, x, 1.0, trainer.t.scheme_p, trainer.t.scheme_q, trainer.cfg.sde.t_eps)
+    (terms.loss_vae + terms.loss_score).backward()
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def bare_vae(trainer: Trainer, x: torch.Tensor) -> None:
+    trainer.model.vae.loss(x)["loss"].backward()
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def timed(fn, batches) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        fn(batch)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def measure(trainer: Trainer, phase_step: int, bare, steps: int, rounds: int = 3) -> dict:
+    """Median seconds per step of the trainer's step and of the bare pass, interleaved in `rounds`."""
+    trainer.progress.step = phase_step
+    batches = [next(trainer.stream).x for _ in range(steps)]
+    step_times, bare_times = [], []
+    for _ in range(rounds):
+        step_times.append(timed(lambda x: trainer.train_step(x), batches))
+        trainer.progress.step = phase_step
+        bare_times.append(timed(lambda x: bare(trainer, x), batches))
+    step, bare_time = statistics.median(step_times), statistics.median(bare_times)
+    batch = batches[0].shape[0]
+    return {"images_per_second": batch / step, "bare_images_per_second": batch / bare_time,
+            "overhead": step / bare_time, "ms_per_step": 1000 * step, "bare_ms": 1000 * bare_time}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", "train.steps=1000000", "train.stage1_steps=1000",
+                                           *args.overrides])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir)
+        for _ in range(3):  # warm-up, both phases
+            trainer.train_step(next(trainer.stream).x)
+        rows = {"stage 1 (VAE alone)": measure(trainer, 0, bare_vae, args.steps),
+                "joint": measure(trainer, cfg.train.stage1_steps, bare_joint, args.steps)}
+        trainer.close()
+    print(f"batch {cfg.train.batch_size}, {args.threads} thread(s), device {trainer.device}")
+    print("| phase | images/s (step) | images/s (bare fwd+bwd) | ms/step | overhead step/bare |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['images_per_second']:.0f} | {row['bare_images_per_second']:.0f} | "
+              f"{row['ms_per_step']:.1f} | {row['overhead']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
