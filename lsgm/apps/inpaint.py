@@ -2,7 +2,7 @@
 
     python -m lsgm.apps.inpaint ckpt=PATH [masks=[wide,narrow,half,lines,every_second,expand]] [num_images=8]
         [t_T=250] [jump_length=10] [jump_n_sample=10] [seed=0] [out=inpaint.png] [device=auto] [split=test]
-        [latent_threshold=1.0] [consistency_steps=0]
+        [latent_threshold=0.5] [consistency_steps=100]
 
 which inpaints the first `num_images` images of the checkpoint's dataset split under each mask (a type of
 `lsgm.apps.masks` or a .png path), writes a grid of (masked input, result, original) rows per mask, and prints
@@ -38,6 +38,8 @@ from .chain import Chain, clip_range, forward_step, model_chain, reverse_step, s
 from .masks import MASK_TYPES, make_masks
 
 CONSISTENCY_LEARNING_RATE = 0.05
+LATENT_THRESHOLD = 0.5
+CONSISTENCY_STEPS = 100
 
 
 def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -140,8 +142,8 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
 
 @torch.no_grad()
 def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_length: int = 10,
-            jump_n_sample: int = 10, seed: int | None = None, latent_threshold: float = 1.0,
-            consistency_steps: int = 0) -> torch.Tensor:
+            jump_n_sample: int = 10, seed: int | None = None, latent_threshold: float = LATENT_THRESHOLD,
+            consistency_steps: int = CONSISTENCY_STEPS) -> torch.Tensor:
     """Images x (B, C, H, W) completed where mask = 0: x where mask = 1, the model's RePaint completion elsewhere,
     on the data grid of `model.levels`.
 
@@ -153,7 +155,10 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
     top latents; a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
     (`latent_mask`); RePaint runs on the latents, which are decoded (`latent.decode`) after
-    `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back.
+    `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back. The defaults are
+    measured ones: on 8×8 digits (a 2×2 latent grid) few latent cells are entirely known, and without the
+    consistency step the completion missed the unknown pixels by more than a fill with the train mean did;
+    half-known cells (0.5) and 100 steps brought it below that fill for every mask type.
     """
     mask = binary_mask(mask, x)
     chain = model_chain(model, t_T)
@@ -174,8 +179,8 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
 # --- the command ------------------------------------------------------------------------------------------------
 DEFAULTS = {
     "ckpt": None, "masks": list(MASK_TYPES), "num_images": 8, "t_T": 250, "jump_length": 10, "jump_n_sample": 10,
-    "seed": 0, "out": "inpaint.png", "device": "auto", "split": "test", "latent_threshold": 1.0,
-    "consistency_steps": 0,
+    "seed": 0, "out": "inpaint.png", "device": "auto", "split": "test", "latent_threshold": LATENT_THRESHOLD,
+    "consistency_steps": CONSISTENCY_STEPS,
 }
 
 
@@ -183,11 +188,6 @@ def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) ->
     """√(mean of (estimate − x)² over the unknown entries), in the data's [−1, 1] units."""
     unknown = (1 - mask).expand_as(x)
     return math.sqrt(float(((estimate - x) ** 2 * unknown).sum() / unknown.sum().clamp(min=1)))
-
-
-def masked_for_display(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x with its unknown pixels shown mid-grey (0)."""
-    return x * mask
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"mask": str(kind), "unknown_fraction": round(float(1 - mask.mean()), 4),
                      "rmse": round(unknown_rmse(result, images, mask), 4),
                      "train_mean_rmse": round(unknown_rmse(baseline, images, mask), 4)})
-        tiles += [masked_for_display(images, mask), result, images]
+        tiles += [images * mask, result, images]  # the masked input shows its unknown pixels mid-grey (0)
         print(f"{rows[-1]['mask']:>14}  unknown {rows[-1]['unknown_fraction']:.2f}  RMSE {rows[-1]['rmse']:.4f}  "
               f"(train-mean fill {rows[-1]['train_mean_rmse']:.4f})")
     out = Path(cfg.out)
