@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lsgm.build import load, plain
+from lsgm.checkpoint import CheckpointError
 from lsgm.data import load_dataset
 
 
@@ -21,6 +24,16 @@ def parse(argv: list[str], defaults: dict, usage: str) -> DictConfig:
     if cfg.ckpt is None:
         raise SystemExit(f"give the checkpoint: ckpt=PATH\n{usage}")
     return cfg
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the errors a user's arguments cause (a bad checkpoint, mask, step count, file) into one message and
+    exit status 1, instead of a traceback."""
+    try:
+        yield
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def load_model(path: str, device: str = "auto"):

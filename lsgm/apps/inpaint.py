@@ -193,6 +193,12 @@ def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) ->
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the command (module docstring); returns the rows of the CSV."""
     cfg = cli.parse(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
+    with cli.user_errors():
+        return run(cfg)
+
+
+def run(cfg) -> list[dict]:
+    """Inpaint, measure and write the grid and the CSV for parsed arguments."""
     model = cli.load_model(cfg.ckpt, cfg.device)
     images = cli.dataset_images(model, cfg.split)[: cfg.num_images]
     train_mean = cli.dataset_images(model, "train").mean(0, keepdim=True)

@@ -139,6 +139,12 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = cli.parse(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
     if cfg.method not in METHODS:
         raise SystemExit(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+    with cli.user_errors():
+        return run(cfg)
+
+
+def run(cfg) -> Path:
+    """Interpolate and write the grid for parsed arguments."""
     model = cli.load_model(cfg.ckpt, cfg.device)
     pairs = cfg.pairs if isinstance(cfg.pairs, int) else [list(pair) for pair in cfg.pairs]
     x0, x1 = choose_pairs(cli.dataset_images(model, cfg.split), pairs, cfg.seed)

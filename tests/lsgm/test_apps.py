@@ -314,10 +314,17 @@ def test_interpolate_command_writes_a_grid(checkpoint, tmp_path):
     assert png_size(out) == (1 + 5 * 65, 1 + 3 * 65)  # columns x0, 3 λ's, x1; rows t = 0, 2, 4
 
 
-def test_commands_reject_unknown_keys(checkpoint):
+def test_commands_reject_bad_arguments_with_one_message(checkpoint, tmp_path):
+    from lsgm.apps import inpaint as inpaint_function
+    from lsgm.apps.inpaint import main as inpaint_main
     from lsgm.apps.interpolate import main
 
     with pytest.raises(SystemExit, match="unknown argument.*steps; valid keys: ckpt"):
         main([f"ckpt={checkpoint}", "steps=3"])
     with pytest.raises(SystemExit, match="ckpt=PATH"):
         main([])
+    with pytest.raises(SystemExit, match="error: no checkpoint"):
+        main([f"ckpt={tmp_path / 'missing.pt'}"])
+    with pytest.raises(SystemExit, match="error: unknown mask 'square'"):
+        inpaint_main([f"ckpt={checkpoint}", "masks=[square]"])
+    assert callable(inpaint_function)  # importing the command module leaves lsgm.apps.inpaint the function
