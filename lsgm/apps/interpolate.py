@@ -76,8 +76,8 @@ def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, t: int, lambdas, seed
     """
     check_pair(x0, x1)
     chain = model_chain(model)
-    if not 0 <= t <= chain.T:
-        raise ValueError(f"t must be a step of the model's chain, 0..{chain.T}; got {t}")
+    if not isinstance(t, int) or not 0 <= t <= chain.T:
+        raise ValueError(f"t must be an integer step of the model's chain, 0..{chain.T}; got {t!r}")
     weights = lambda_weights(lambdas, x0)
     with seeded(seed):
         z0, z1 = latent.encode(model, x0), latent.encode(model, x1)
