@@ -45,15 +45,15 @@ def sampler_defaults(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path).get("options", {})) if path.is_file() else {}
 
 
-def run(main, defaults: dict, program: str) -> None:
-    """Parse arguments and call main(cfg). Errors a user can cause (a bad argument, path or checkpoint; any
-    ValueError of the library's input checks) print one line and exit with status 2; LSGM_DEBUG=1 re-raises."""
+def run(main, defaults: dict, program: str, argv: list[str] | None = None):
+    """Parse arguments and return main(cfg). Errors a user can cause (a bad argument, path, checkpoint or option:
+    the library's ValueErrors and missing files) exit with one line `program: error: ...` (status 1) instead of a
+    traceback; LSGM_DEBUG=1 re-raises them."""
     from .checkpoint import CheckpointError
 
     try:
-        main(parse_arguments(defaults, program=program))
-    except (CheckpointError, ValueError) as error:
+        return main(parse_arguments(defaults, argv, program=program))
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
         if os.environ.get("LSGM_DEBUG"):
             raise
-        print(f"{program}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(f"{program}: error: {error}") from None

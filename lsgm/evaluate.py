@@ -133,7 +133,7 @@ def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, **ode_op
 def diffusion_chain(model, T: int = 1000):
     """The model's DDPM chain (its own for a discrete model, else the VP-SDE discretised to T steps) and the
     network as a discrete eps_fn(x, i)."""
-    schedule = model.schedule if model.discrete else model.sde.discretize(T)
+    schedule = model.chain(T)
     return schedule, sampling.discrete_eps_fn(model.eps_fn(), schedule.T)
 
 

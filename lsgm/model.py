@@ -134,17 +134,28 @@ class LSGM(nn.Module):
         return to_unit_range(to_levels(x, self.levels), self.levels).to(x.dtype)
 
     # --- latent <-> data ------------------------------------------------------------------------
-    def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
-        """Images in [−1, 1] from top-scale latents: the VAE fills the lower groups from its own prior and
-        draws x ~ p(x|z) (or its mean); in pixel space the latent is the image, clamped to [−1, 1]."""
-        if self.vae is None:
-            return z_top.clamp(-1, 1)
+    def chain(self, T: int = 1000):
+        """The model's discrete chain: its own DDPM schedule, or its VP-SDE discretised to T steps (the network
+        sees step i as t = i/T)."""
+        return self.schedule if self.discrete else self.sde.discretize(T)
+
+    def decoder(self, z_top: torch.Tensor, temperature: float = 1.0):
+        """p(x | z) of a latent model given its top latents, the lower groups drawn from the VAE's own conditional
+        prior with their std scaled by `temperature` (0: at their prior means, a deterministic function of z_top)."""
         groups = self.vae.split_top(z_top) + [None] * (len(self.vae.group_shapes) - self.vae.num_top_groups)
-        dist = self.vae.decode(groups, temperature)
+        return self.vae.decode(groups, temperature)
+
+    def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
+        """Images from top-scale latents: x ~ p(x | z) (or its mean) of `decoder`; in pixel space the latent is the
+        image (clamped to [−1, 1] for discrete data)."""
+        if self.vae is None:
+            return z_top if self.levels is None else z_top.clamp(-1, 1)
+        dist = self.decoder(z_top, temperature)
         return dist.mean() if mean else dist.sample()
 
-    def encode_top(self, x: torch.Tensor) -> torch.Tensor:
-        """A posterior sample of the top-scale latents (the image itself in pixel space)."""
+    def encode_top(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """A posterior sample (or the posterior mean) of the top-scale latents; the image itself in pixel space."""
         if self.vae is None:
             return x
-        return self.vae.concat_top(self.vae.encode(x).z)
+        posterior = self.vae.encode(x)
+        return self.vae.concat_top(posterior.mu if mean else posterior.z)

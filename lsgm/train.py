@@ -40,11 +40,6 @@ from .objective import joint_loss, score_loss
 MODES = ("joint", "disjoint", "vae")
 
 
-def linear_ramp(progress: float, start: float, fraction: float) -> float:
-    """start + (1 − start)·min(progress/fraction, 1): LSGM's KL annealing in the joint phase."""
-    return 1.0 if fraction <= 0 else start + (1.0 - start) * min(progress / fraction, 1.0)
-
-
 @dataclass
 class Progress:
     step: int = 0
@@ -64,18 +59,22 @@ class Trainer:
             raise ValueError(f"train.stage1_steps ({self.t.stage1_steps}) exceeds train.steps ({self.t.steps})")
         self.run_dir = Path(run_dir)
         self.context = distributed.setup(cfg.device)
+        if cfg.get("threads"):
+            torch.set_num_threads(cfg.threads)
         self.device = self.context.device
         torch.manual_seed(cfg.seed + self.context.rank)
         self.data = load_splits(cfg.data)
         train = self.data["train"]
         self.model = build_model(cfg, train.shape, train.levels).to(self.device)
+        self.memory_format = torch.channels_last if self.t.get("channels_last") else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.vae = self.model.vae
         if self.vae is None and self.t.mode != "joint":
             raise ValueError("train.mode only applies to latent models; a pixel-space model trains its score model")
         self.vae_parameters = list(self.vae.parameters()) if self.vae is not None else []
         score_named = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("vae.")]
         self.score_parameters = [p for _, p in score_named]
-        self.fit_config = FitConfig(optimizer=self.t.optimizer_vae, lr=self.t.lr_vae_stage1,
+        self.fit_config = FitConfig(optimizer=self.t.optimizer_vae, lr=self.t.lr_vae,
                                     weight_decay=self.t.weight_decay_vae, kl_balance=self.t.kl_balance,
                                     spectral_weight=self.t.spectral_weight, norm_weight=self.t.norm_weight)
         self.vae_optimizer = make_optimizer(self.vae_parameters, self.fit_config) if self.vae_parameters else None
@@ -147,25 +146,26 @@ class Trainer:
             return "vae"
         return self.t.mode
 
-    def phase_progress(self, step: int) -> float:
-        """Progress p ∈ [0, 1) within the current phase (stage 1, or the rest)."""
-        stage1 = self.t.stage1_steps if self.vae is not None and self.t.mode != "vae" else 0
-        if step < stage1:
-            return step / stage1
-        return (step - stage1) / max(self.t.steps - stage1, 1)
+    def joint_progress(self, step: int) -> float:
+        """Progress p ∈ [0, 1) within the phase after stage 1 (the score model's whole training)."""
+        stage1 = self.t.stage1_steps if self.vae is not None else 0
+        return max(step - stage1, 0) / max(self.t.steps - stage1, 1)
 
-    def _set_learning_rates(self, phase: str, p: float) -> None:
-        warmup, floor = self.t.warmup_fraction, self.t.min_lr_fraction
+    def _set_learning_rates(self, phase: str, step: int) -> None:
+        """Warm-up + cosine: the VAE's over the whole run (or restarted at `lr_vae_joint` for the joint phase,
+        LSGM's recipe after a long stage 1), the score model's over the phase after stage 1."""
+        t = self.t
+        run, joint = step / t.steps, self.joint_progress(step)
         if self.vae_optimizer is not None:
-            lr_vae = self.t.lr_vae_stage1 if phase == "vae" else self.t.lr_vae
-            set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr_vae, floor * lr_vae, warmup))
-        set_lr(self.score_optimizer, warmup_cosine_lr(p, self.t.lr_score, floor * self.t.lr_score, warmup))
+            restart = phase != "vae" and t.get("lr_vae_joint")
+            lr, p = (t.lr_vae_joint, joint) if restart else (t.lr_vae, run)
+            set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, t.min_lr_fraction * lr, t.warmup_fraction))
+        set_lr(self.score_optimizer, warmup_cosine_lr(joint, t.lr_score, t.min_lr_fraction * t.lr_score,
+                                                      t.warmup_fraction))
 
-    def _kl_weight(self, phase: str, p: float) -> float:
-        if phase == "vae":
-            return kl_warmup_weight(p, self.t.kl_warmup)
-        start = self.t.kl_anneal_start if self.t.stage1_steps > 0 else 0.0
-        return linear_ramp(p, start, self.t.kl_anneal_fraction)
+    def _kl_weight(self, step: int) -> float:
+        """NVAE's KL warm-up over the first `kl_warmup` fraction of the run, across stage 1 and the joint phase."""
+        return kl_warmup_weight(step / self.t.steps, self.t.kl_warmup)
 
     # --- one step -------------------------------------------------------------------------------------
     def _condition_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> dict:
@@ -208,9 +208,9 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
-        phase, p = self.phase(step), self.phase_progress(step)
-        self._set_learning_rates(phase, p)
-        kl_weight = self._kl_weight(phase, p)
+        phase = self.phase(step)
+        self._set_learning_rates(phase, step)
+        kl_weight = self._kl_weight(step)
         self.model.train()
         amp = self.t.amp == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -286,7 +286,7 @@ class Trainer:
             while self.progress.step < t.steps and not self.stop_requested:
                 phase_before = self.phase(self.progress.step)
                 batch = next(self.stream)
-                record = self.train_step(batch.x, batch.y)
+                record = self.train_step(batch.x.contiguous(memory_format=self.memory_format), batch.y)
                 step = self.progress.step
                 loss = record.get("loss_vae", record.get("loss_score"))
                 running = loss if running is None or not math.isfinite(running) else 0.95 * running + 0.05 * loss

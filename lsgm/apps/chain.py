@@ -52,7 +52,7 @@ def respace(schedule: DDPMSchedule, steps: int) -> Chain:
 
 def model_chain(model, steps: int | None = None) -> Chain:
     """The model's chain (module docstring), respaced to `steps` steps (None: all of them)."""
-    schedule = model.schedule if model.schedule is not None else model.sde.discretize(CONTINUOUS_STEPS)
+    schedule = model.chain(CONTINUOUS_STEPS)
     return respace(schedule, schedule.T if steps is None else steps)
 
 

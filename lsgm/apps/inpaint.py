@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from lsgm.cli import run as run_command
 from lsgm.images import save_image_grid, upscale_factor
 from sde.sampling import CountedModel
 
-from . import cli, latent
+from . import cli
 from .chain import Chain, clip_range, forward_step, model_chain, reverse_step, seeded
 from .masks import MASK_TYPES, make_masks
 
@@ -124,8 +124,8 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
 
         −Σ_{known i} log p(x_i | z) + ½‖z − z_R‖²,
 
-    the decoder's likelihood of the known pixels (`latent.decoder`) held near the score model's sample by a unit
-    Gaussian around it."""
+    the decoder's likelihood of the known pixels (`LSGM.decoder` at temperature 0) held near the score model's
+    sample by a unit Gaussian around it."""
     start = z.detach()
     z = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=CONSISTENCY_LEARNING_RATE)
@@ -133,7 +133,7 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            log_likelihood = (latent.decoder(model, z).log_prob_elementwise(x) * known).sum()
+            log_likelihood = (model.decoder(z, temperature=0.0).log_prob_elementwise(x) * known).sum()
             loss = -log_likelihood + 0.5 * (z - start).pow(2).sum()
             loss.backward()
             optimizer.step()
@@ -154,7 +154,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     Pixel space: RePaint on the pixels, x̂_0 clipped to [−1, 1] for discrete data. Latent space (LSGM):
     the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
     top latents; a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
-    (`latent_mask`); RePaint runs on the latents, which are decoded (`latent.decode`) after
+    (`latent_mask`); RePaint runs on the latents, which are decoded (`LSGM.decode` at temperature 0, the mean) after
     `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back. The defaults are
     measured ones: on 8×8 digits (a 2×2 latent grid) few latent cells are entirely known, and without the
     consistency step the completion missed the unknown pixels by more than a fill with the train mean did;
@@ -167,18 +167,18 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
         if model.vae is None:
             completed, _ = repaint(model.eps_fn(), chain, x, mask, times, clip_range(model))
         else:
-            z_known = latent.encode(model, fill_unknown(x, mask))
+            z_known = model.encode_top(fill_unknown(x, mask), mean=True)
             z_mask = latent_mask(mask, model.latent_shape, latent_threshold)
             z, _ = repaint(model.eps_fn(), chain, z_known, z_mask, times)
             if consistency_steps:
                 z = fit_known_pixels(model, z, x, mask, consistency_steps)
-            completed = latent.decode(model, z)
+            completed = model.decode(z, temperature=0.0, mean=True)
     return mask * x + (1 - mask) * model.to_data_grid(completed)
 
 
 # --- the command ------------------------------------------------------------------------------------------------
 DEFAULTS = {
-    "ckpt": None, "masks": list(MASK_TYPES), "num_images": 8, "t_T": 250, "jump_length": 10, "jump_n_sample": 10,
+    "ckpt": "???", "masks": list(MASK_TYPES), "num_images": 8, "t_T": 250, "jump_length": 10, "jump_n_sample": 10,
     "seed": 0, "out": "inpaint.png", "device": "auto", "split": "test", "latent_threshold": LATENT_THRESHOLD,
     "consistency_steps": CONSISTENCY_STEPS,
 }
@@ -192,9 +192,7 @@ def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) ->
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the command (module docstring); returns the rows of the CSV."""
-    cfg = cli.parse(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
-    with cli.user_errors():
-        return run(cfg)
+    return run_command(run, DEFAULTS, "lsgm.apps.inpaint", argv)
 
 
 def run(cfg) -> list[dict]:

@@ -17,16 +17,16 @@ sources by the probability-flow ODE to z_1, interpolates spherically and decodes
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
+from lsgm.cli import run as run_command
 from lsgm.images import save_image_grid, upscale_factor
 from sde.likelihood import ode_decode, ode_encode
 from sde.sampling import CountedModel
 
-from . import cli, latent
+from . import cli
 from .chain import Chain, clip_range, model_chain, reverse_step, seeded
 
 METHODS = ("ddpm", "ode")
@@ -48,7 +48,7 @@ def check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
 
 def to_images(model, z: torch.Tensor) -> torch.Tensor:
     """(L, B, …) latents decoded to images on the data grid, returned as (B, L, C, H, W)."""
-    images = model.to_data_grid(latent.decode(model, z.flatten(0, 1)))
+    images = model.to_data_grid(model.decode(z.flatten(0, 1), temperature=0.0, mean=True))
     return images.unflatten(0, z.shape[:2]).transpose(0, 1)
 
 
@@ -80,7 +80,7 @@ def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, t: int, lambdas, seed
         raise ValueError(f"t must be an integer step of the model's chain, 0..{chain.T}; got {t!r}")
     weights = lambda_weights(lambdas, x0)
     with seeded(seed):
-        z0, z1 = latent.encode(model, x0), latent.encode(model, x1)
+        z0, z1 = model.encode_top(x0, mean=True), model.encode_top(x1, mean=True)
         if t > 0:
             noise = torch.randn_like(z0)
             z0, z1 = chain.schedule.q_sample(z0, t, noise), chain.schedule.q_sample(z1, t, noise)
@@ -105,7 +105,7 @@ def interpolate_ode(model, x0: torch.Tensor, x1: torch.Tensor, lambdas, **ode_op
     `ode_options` (method, rtol, atol, t_eps, steps) go to both. Deterministic."""
     check_pair(x0, x1)
     eps_fn = model.eps_fn()
-    encoded, _ = ode_encode(eps_fn, model.sde, latent.encode(model, torch.cat([x0, x1])), **ode_options)
+    encoded, _ = ode_encode(eps_fn, model.sde, model.encode_top(torch.cat([x0, x1]), mean=True), **ode_options)
     z1_0, z1_1 = encoded.chunk(2)
     mixed = slerp(z1_0, z1_1, lambda_weights(lambdas, x0))
     z, _ = ode_decode(eps_fn, model.sde, mixed.flatten(0, 1), **ode_options)
@@ -114,7 +114,7 @@ def interpolate_ode(model, x0: torch.Tensor, x1: torch.Tensor, lambdas, **ode_op
 
 # --- the command ------------------------------------------------------------------------------------------------
 DEFAULTS = {
-    "ckpt": None, "t_fractions": [0.0, 0.25, 0.5, 0.75, 1.0], "lambdas": [k / 8 for k in range(9)], "pairs": 2,
+    "ckpt": "???", "t_fractions": [0.0, 0.25, 0.5, 0.75, 1.0], "lambdas": [k / 8 for k in range(9)], "pairs": 2,
     "method": "ddpm", "seed": 0, "out": "interp.png", "device": "auto", "split": "test",
 }
 
@@ -136,15 +136,13 @@ def choose_pairs(images: torch.Tensor, pairs, seed: int) -> tuple[torch.Tensor, 
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the command (module docstring); returns the PNG's path."""
-    cfg = cli.parse(sys.argv[1:] if argv is None else argv, DEFAULTS, __doc__)
-    if cfg.method not in METHODS:
-        raise SystemExit(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    with cli.user_errors():
-        return run(cfg)
+    return run_command(run, DEFAULTS, "lsgm.apps.interpolate", argv)
 
 
 def run(cfg) -> Path:
     """Interpolate and write the grid for parsed arguments."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
     model = cli.load_model(cfg.ckpt, cfg.device)
     pairs = cfg.pairs if isinstance(cfg.pairs, int) else [list(pair) for pair in cfg.pairs]
     x0, x1 = choose_pairs(cli.dataset_images(model, cfg.split), pairs, cfg.seed)

@@ -15,7 +15,6 @@ import sde
 from lsgm.apps import inpaint, interpolate, interpolate_ode, make_masks, repaint, repaint_schedule, slerp
 from lsgm.apps.chain import model_chain, respace
 from lsgm.apps.inpaint import fit_known_pixels, latent_mask
-from lsgm.apps.latent import decoder, encode
 from lsgm.apps.masks import load_mask
 from lsgm.model import LSGM
 from lsgm.score_net import ScoreNet
@@ -174,10 +173,11 @@ def test_latent_inpainting_end_to_end():
     scrambled = torch.where(mask.bool(), x, torch.rand_like(x))
     assert torch.equal(inpaint(model, scrambled, mask, consistency_steps=5, **options), result)
 
-    z = encode(model, x)
+    z = model.encode_top(x, mean=True)
     with torch.no_grad():
-        before = (decoder(model, z).log_prob_elementwise(x) * mask).sum()
-        after = (decoder(model, fit_known_pixels(model, z, x, mask, steps=20)).log_prob_elementwise(x) * mask).sum()
+        before = (model.decoder(z, 0.0).log_prob_elementwise(x) * mask).sum()
+        fitted = fit_known_pixels(model, z, x, mask, steps=20)
+        after = (model.decoder(fitted, 0.0).log_prob_elementwise(x) * mask).sum()
     assert after > before, (before, after)  # an untrained decoder hardly depends on z: the gain is small here
 
 
@@ -237,7 +237,7 @@ def test_latent_interpolation_end_to_end():
     assert images.shape == (2, 3, 1, 8, 8) and torch.equal(model.to_data_grid(images), images)
     at_zero = interpolate(model, x0, x1, 0, [0.0], seed=0)[:, 0]
     with torch.no_grad():
-        reconstruction = model.to_data_grid(decoder(model, encode(model, x0)).mean())
+        reconstruction = model.to_data_grid(model.decode(model.encode_top(x0, mean=True), 0.0, mean=True))
     assert torch.equal(at_zero, reconstruction)
 
 
@@ -319,9 +319,9 @@ def test_commands_reject_bad_arguments_with_one_message(checkpoint, tmp_path):
     from lsgm.apps.inpaint import main as inpaint_main
     from lsgm.apps.interpolate import main
 
-    with pytest.raises(SystemExit, match="unknown argument.*steps; valid keys: ckpt"):
+    with pytest.raises(SystemExit, match=r"unknown argument.*steps.*valid: \['ckpt'"):
         main([f"ckpt={checkpoint}", "steps=3"])
-    with pytest.raises(SystemExit, match="ckpt=PATH"):
+    with pytest.raises(SystemExit, match="missing required argument.*ckpt="):
         main([])
     with pytest.raises(SystemExit, match="error: no checkpoint"):
         main([f"ckpt={tmp_path / 'missing.pt'}"])
