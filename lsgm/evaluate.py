@@ -48,7 +48,7 @@ def _per_image_bound(model, x: torch.Tensor, vae_only: bool, scheme: str, t_eps:
         return score_loss(model, x)
     dequantized = dequantize(x, model.levels)
     terms = denoising_terms(model, dequantized, scheme, t_eps)
-    cross_entropy = terms.weight_ll * terms.squared_error + cross_entropy_constant(model.sde, dequantized, t_eps)
+    cross_entropy = terms.likelihood() + cross_entropy_constant(model.sde, dequantized, t_eps)
     return cross_entropy - x[0].numel() * math.log(bin_width(model.levels))
 
 

@@ -35,22 +35,36 @@ def cross_entropy_constant(sde: VPSDE, z0: torch.Tensor, t_eps: float) -> torch.
 
 @dataclass
 class DenoisingTerms:
-    """One draw of t and ε for a batch of z_0: the squared error and both importance weights (all (B,))."""
+    """Draws of t and ε for a batch of z_0, each field (draws, B): the squared error and both importance weights."""
 
     t: torch.Tensor
     squared_error: torch.Tensor  # ‖ε − ε̂(z_t, t)‖²
     weight: torch.Tensor  # the scheme's own objective weight / proposal
     weight_ll: torch.Tensor  # likelihood weight / proposal
 
+    def objective(self) -> torch.Tensor:
+        """The scheme's weighted DSM estimate per sample, averaged over the draws (B,)."""
+        return (self.weight * self.squared_error).mean(0)
 
-def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: dict | None = None) -> DenoisingTerms:
-    """Draw t ~ scheme and ε ~ N(0, I), diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t) (with the score
-    network's condition `inputs`, see `LSGM.condition_inputs`; none: a conditional model's unconditional ε̂)."""
+    def likelihood(self) -> torch.Tensor:
+        """The likelihood-weighted DSM estimate per sample, averaged over the draws (B,) (the CE without C)."""
+        return (self.weight_ll * self.squared_error).mean(0)
+
+
+def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: dict | None = None,
+                    draws: int = 1) -> DenoisingTerms:
+    """Draw t ~ scheme and ε ~ N(0, I) `draws` times per z_0, diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t)
+    (with the score network's condition `inputs`, see `LSGM.condition_inputs`; none: a conditional model's
+    unconditional ε̂). More draws cut the estimates' variance for the price of score-network calls only."""
+    batch = z0.shape[0]
+    z0 = z0.repeat(draws, *([1] * (z0.dim() - 1))) if draws > 1 else z0
+    inputs = {k: v.repeat(draws, *([1] * (v.dim() - 1))) for k, v in (inputs or {}).items()}
     draw = sample_time(model.sde, scheme, z0.shape[0], t_eps, device=z0.device, dtype=z0.dtype)
     noise = torch.randn_like(z0)
     z_t = model.sde.perturb(z0, draw.t, noise)
-    squared_error = (noise - model.guided_eps(z_t, draw.t, inputs or {})).flatten(1).pow(2).sum(1)
-    return DenoisingTerms(draw.t, squared_error, draw.weight, draw.weight_ll)
+    squared_error = (noise - model.guided_eps(z_t, draw.t, inputs)).flatten(1).pow(2).sum(1)
+    fields = (draw.t, squared_error, draw.weight, draw.weight_ll)
+    return DenoisingTerms(*(field.view(draws, batch) for field in fields))
 
 
 @dataclass
@@ -78,12 +92,14 @@ def joint_loss(
     scheme_q: str = "reweight_p_samples",
     t_eps: float = 1e-2,
     inputs: dict | None = None,
+    draws: int = 1,
 ) -> JointLoss:
     """LSGM's joint objective for a batch x (model.vae must exist).
 
     loss_vae   = mean[−log p(x|z) + kl_weight·(log q(z|x) + CE + lower_nll)]   (likelihood weighting);
     loss_score = mean[w_p(t)/r(t) · ‖ε − ε̂‖²]  with the `scheme_p` weighting, z_0 detached.
     `scheme_q="reweight_p_samples"` reuses the score model's draw for the CE; any `sde.SCHEMES` name draws anew.
+    `draws` (t, ε) pairs per latent average both DSM estimates.
     """
     out = model.vae(x)
     groups = model.vae.num_top_groups
@@ -92,10 +108,10 @@ def joint_loss(
     log_q = torch.stack(out.log_q, 1).sum(1)
     lower_nll = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else torch.zeros_like(recon)
 
-    draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs)
-    draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs)
-    cross_entropy = draw_q.weight_ll * draw_q.squared_error + cross_entropy_constant(model.sde, z0, t_eps)
-    dsm = draw_p.weight * draw_p.squared_error
+    draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws)
+    draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs, draws)
+    cross_entropy = draw_q.likelihood() + cross_entropy_constant(model.sde, z0, t_eps)
+    dsm = draw_p.objective()
     nelbo = recon + log_q + cross_entropy + lower_nll
     loss_vae = (recon + kl_weight * (log_q + cross_entropy + lower_nll)).mean()
     return JointLoss(recon, log_q, cross_entropy, lower_nll, dsm, nelbo, loss_vae, dsm.mean())
@@ -114,5 +130,4 @@ def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps:
         x_t = model.schedule.q_sample(z0, steps, noise)
         eps = model.guided_eps(x_t, steps.to(z0.dtype) / model.schedule.T, inputs or {})
         return (noise - eps).flatten(1).pow(2).sum(1)
-    terms = denoising_terms(model, z0, scheme, t_eps, inputs)
-    return terms.weight * terms.squared_error
+    return denoising_terms(model, z0, scheme, t_eps, inputs).objective()

@@ -188,7 +188,7 @@ class Trainer:
             return scalars, terms["loss"], None
         if phase == "joint":
             terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps,
-                               self._condition_inputs(x, y))
+                               self._condition_inputs(x, y), t.get("noise_draws", 1))
             regulariser = (t.spectral_weight * self.vae.spectral_norm_loss() + t.norm_weight * self.vae.norm_loss())
             scalars = terms.scalars()
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())

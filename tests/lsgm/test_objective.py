@@ -43,7 +43,7 @@ def test_cross_entropy_with_normal_prior_is_exact(schedule, scheme):
     t_eps, n = 1e-2, 200_000
     z0 = torch.tensor([[0.7, -1.2, 0.3, 2.0]], dtype=torch.float64).reshape(1, 4, 1, 1).expand(n, 4, 1, 1)
     terms = denoising_terms(model, z0, scheme, t_eps)
-    estimates = terms.weight_ll * terms.squared_error + cross_entropy_constant(vp, z0, t_eps)
+    estimates = terms.likelihood() + cross_entropy_constant(vp, z0, t_eps)
     mean_coeff, std = vp.marginal(torch.tensor(t_eps, dtype=torch.float64))
     exact = 0.5 * (4 * math.log(2 * math.pi) + mean_coeff**2 * z0[0].pow(2).sum() + 4 * std**2)
     error = estimates.std().item() / math.sqrt(n)
@@ -60,7 +60,7 @@ def test_cross_entropy_with_exact_gaussian_score_matches_closed_form():
     mu = torch.tensor([0.5, -0.2, 0.1, 0.8], dtype=torch.float64)
     z0 = (mu + post_std * torch.randn(n, 4, dtype=torch.float64)).reshape(n, 4, 1, 1)
     terms = denoising_terms(model, z0, "ll_iw", t_eps)
-    estimates = terms.weight_ll * terms.squared_error + cross_entropy_constant(vp, z0, t_eps)
+    estimates = terms.likelihood() + cross_entropy_constant(vp, z0, t_eps)
     m, s = (v.item() for v in vp.marginal(torch.tensor(t_eps, dtype=torch.float64)))
     p_var = m**2 * data_std**2 + s**2
     second_moment = m**2 * (mu.pow(2).sum().item() + 4 * post_std**2) + 4 * s**2
