@@ -80,8 +80,9 @@ class JointLoss:
     loss_vae: torch.Tensor  # minimised over the VAE's parameters
     loss_score: torch.Tensor  # minimised over the score model's parameters
 
-    def scalars(self) -> dict[str, float]:
-        return {name: value.detach().float().mean().item() for name, value in vars(self).items()}
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """Batch means of every term, detached (0-d tensors: no device synchronisation until they are read)."""
+        return {name: value.detach().float().mean() for name, value in vars(self).items()}
 
 
 def joint_loss(

@@ -184,7 +184,7 @@ class Trainer:
         t = self.t
         if phase == "vae":
             terms = training_loss(self.vae, x, kl_weight, self.fit_config)
-            scalars = {"loss_vae": terms["loss"].item(), "train_bpd": terms["bpd"].mean().item()}
+            scalars = {"loss_vae": terms["loss"].detach(), "train_bpd": terms["bpd"].detach().mean()}
             return scalars, terms["loss"], None
         if phase == "joint":
             terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps,
@@ -198,13 +198,14 @@ class Trainer:
             with torch.no_grad():
                 x = self.model.encode_top(x)
         loss = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps, inputs).mean()
-        return {"loss_score": loss.item()}, None, loss
+        return {"loss_score": loss.detach()}, None, loss
 
-    def _clip(self, parameters, loss) -> float:
+    def _clip(self, parameters, loss) -> torch.Tensor:
+        """The gradients' total norm before clipping to `grad_clip` (0 without a loss)."""
         if loss is None:
-            return 0.0
+            return torch.zeros((), device=self.device)
         limit = self.t.grad_clip if self.t.grad_clip else math.inf
-        return torch.nn.utils.clip_grad_norm_(parameters, limit).item()
+        return torch.nn.utils.clip_grad_norm_(parameters, limit)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
@@ -224,8 +225,8 @@ class Trainer:
             loss_score.backward(inputs=self.score_parameters)
         distributed.average_gradients(self.vae_parameters + self.score_parameters, self.context.world_size)
         grad_vae, grad_score = self._clip(self.vae_parameters, loss_vae), self._clip(self.score_parameters, loss_score)
-        losses = [v for v in (loss_vae, loss_score) if v is not None]
-        finite = all(torch.isfinite(v).item() for v in losses) and math.isfinite(grad_vae + grad_score)
+        checked = [v.detach().float() for v in (loss_vae, loss_score) if v is not None] + [grad_vae, grad_score]
+        finite = bool(torch.isfinite(torch.stack(checked)).all())  # the step's one device synchronisation
         if finite:
             if loss_vae is not None:
                 self.vae_optimizer.step()
@@ -239,7 +240,7 @@ class Trainer:
         if self.vae_optimizer is not None:
             lrs["lr_vae"] = self.vae_optimizer.param_groups[0]["lr"]
         mixing = self.model.mixing_coefficient()
-        extra = {"mixing_alpha": mixing.mean().item()} if mixing is not None else {}
+        extra = {"mixing_alpha": mixing.detach().mean()} if mixing is not None else {}
         return {**scalars, **lrs, **extra, "kl_weight": kl_weight, "grad_norm_vae": grad_vae,
                 "grad_norm_score": grad_score, "skipped": self.progress.skipped, "phase": phase}
 
@@ -275,12 +276,13 @@ class Trainer:
         self.stop_requested = True
 
     def fit(self) -> dict:
-        """Train until `train.steps` (or a stop signal); returns the final record."""
+        """Train until `train.steps` (or a stop signal); returns the final record. Numbers stay on the device
+        between logging steps (`log_every`), where they are read once."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         t = self.t
         bar = tqdm(total=t.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
                    desc="train")
-        running, start = None, time.time()
+        running, start, first_step = None, time.time(), self.progress.step
         record: dict = {}
         try:
             while self.progress.step < t.steps and not self.stop_requested:
@@ -289,13 +291,15 @@ class Trainer:
                 record = self.train_step(batch.x.contiguous(memory_format=self.memory_format), batch.y)
                 step = self.progress.step
                 loss = record.get("loss_vae", record.get("loss_score"))
-                running = loss if running is None or not math.isfinite(running) else 0.95 * running + 0.05 * loss
+                running = loss if running is None else torch.where(loss.isfinite(), 0.95 * running + 0.05 * loss,
+                                                                   running)
                 bar.update(1)
-                bar.set_postfix(phase=record["phase"], loss=f"{running:.4g}", skipped=self.progress.skipped)
-                if self.logger and (step % t.log_every == 0 or step == t.steps):
-                    numbers = {k: v for k, v in record.items() if k != "phase"}
-                    self.logger.log({**numbers, "images_per_second": step * t.batch_size / (time.time() - start)
-                                     if step else 0.0}, step)
+                if step % t.log_every == 0 or step == t.steps:
+                    bar.set_postfix(phase=record["phase"], loss=f"{running.item():.4g}", skipped=self.progress.skipped)
+                    if self.logger:
+                        speed = (step - first_step) * t.batch_size / (time.time() - start)
+                        numbers = {k: v for k, v in record.items() if k != "phase"}
+                        self.logger.log({**numbers, "images_per_second": speed}, step)
                 phase_ends = step == t.steps or self.phase(step) != phase_before
                 if step % t.eval_every == 0 or phase_ends:
                     self._evaluate(phase_before, phase_ends)
