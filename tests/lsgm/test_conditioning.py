@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 import sde
@@ -12,6 +11,8 @@ from lsgm.model import LSGM
 from lsgm.sample import DEFAULTS, main
 from lsgm.score_net import ScoreNet
 from lsgm.train import Trainer
+
+from .conftest import tiny_config
 
 
 def randomised(module: nn.Module) -> nn.Module:

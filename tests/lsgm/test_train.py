@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, TINY, tiny_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lsgm.build import build_model, load
 from lsgm.checkpoint import CheckpointError, load_checkpoint
 from lsgm.train import Trainer
+
+from .conftest import CONFIG_DIR, TINY, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,11 +4,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
 from scipy import stats
 
 import nvae
 from nvae.distributions import bin_centers
+
+from .conftest import TINY
 
 
 @pytest.fixture

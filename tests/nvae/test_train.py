@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
 
 import nvae
 from nvae.train import (
@@ -18,6 +17,8 @@ from nvae.train import (
     training_loss,
     warmup_cosine_lr,
 )
+
+from .conftest import TINY
 
 
 def test_schedules():

@@ -10,10 +10,11 @@ import math
 
 import pytest
 import torch
-from test_sampling import VP, exact_flow, gaussian_64d, mixture_2d, one_thread, rotated_gaussian  # noqa: F401
 
 from sde import likelihood
 from sde.sampling import NonFiniteError
+
+from .test_sampling import VP, exact_flow, gaussian_64d, mixture_2d, one_thread, rotated_gaussian  # noqa: F401
 
 T_EPS = 1e-5
 
