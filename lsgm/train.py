@@ -146,22 +146,24 @@ class Trainer:
             return "vae"
         return self.t.mode
 
-    def joint_progress(self, step: int) -> float:
-        """Progress p ∈ [0, 1) within the phase after stage 1 (the score model's whole training)."""
-        stage1 = self.t.stage1_steps if self.vae is not None else 0
+    def score_progress(self, step: int) -> float:
+        """Progress p ∈ [0, 1) of the score model's training: the phase after stage 1, or the whole run when the
+        score model also learns during stage 1 (`score_in_stage1`)."""
+        stage1 = self.t.stage1_steps if self.vae is not None and not self.t.get("score_in_stage1") else 0
         return max(step - stage1, 0) / max(self.t.steps - stage1, 1)
 
     def _set_learning_rates(self, phase: str, step: int) -> None:
         """Warm-up + cosine: the VAE's over the whole run (or restarted at `lr_vae_joint` for the joint phase,
-        LSGM's recipe after a long stage 1), the score model's over the phase after stage 1."""
+        LSGM's recipe after a long stage 1), the score model's over its own training (`score_progress`)."""
         t = self.t
-        run, joint = step / t.steps, self.joint_progress(step)
         if self.vae_optimizer is not None:
             restart = phase != "vae" and t.get("lr_vae_joint")
-            lr, p = (t.lr_vae_joint, joint) if restart else (t.lr_vae, run)
+            stage1 = t.stage1_steps
+            lr, p = ((t.lr_vae_joint, (step - stage1) / max(t.steps - stage1, 1)) if restart
+                     else (t.lr_vae, step / t.steps))
             set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, t.min_lr_fraction * lr, t.warmup_fraction))
-        set_lr(self.score_optimizer, warmup_cosine_lr(joint, t.lr_score, t.min_lr_fraction * t.lr_score,
-                                                      t.warmup_fraction))
+        set_lr(self.score_optimizer, warmup_cosine_lr(self.score_progress(step), t.lr_score,
+                                                      t.min_lr_fraction * t.lr_score, t.warmup_fraction))
 
     def _kl_weight(self, step: int) -> float:
         """NVAE's KL warm-up over the first `kl_warmup` fraction of the run, across stage 1 and the joint phase."""
@@ -182,10 +184,6 @@ class Trainer:
     def _losses(self, phase: str, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float):
         """(scalars to log, loss of the VAE's update or None, loss of the score model's update or None)."""
         t = self.t
-        if phase == "vae":
-            terms = training_loss(self.vae, x, kl_weight, self.fit_config)
-            scalars = {"loss_vae": terms["loss"].detach(), "train_bpd": terms["bpd"].detach().mean()}
-            return scalars, terms["loss"], None
         if phase == "joint":
             terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps,
                                self._condition_inputs(x, y), t.get("noise_draws", 1))
@@ -193,12 +191,22 @@ class Trainer:
             scalars = terms.scalars()
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
             return scalars, terms.loss_vae + regulariser, terms.loss_score
+        scalars, loss_vae = {}, None
         inputs = self._condition_inputs(x, y)
-        if phase == "disjoint":
+        if phase == "vae":
+            terms = training_loss(self.vae, x, kl_weight, self.fit_config)
+            loss_vae = terms["loss"]
+            scalars = {"loss_vae": loss_vae.detach(), "train_bpd": terms["bpd"].detach().mean()}
+            if t.mode == "vae" or not t.get("score_in_stage1"):
+                return scalars, loss_vae, None
+            # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
+            # fitted prior instead of an untrained network
+            x = self.vae.concat_top(terms["z"]).detach()
+        elif phase == "disjoint":
             with torch.no_grad():
                 x = self.model.encode_top(x)
-        loss = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps, inputs).mean()
-        return {"loss_score": loss.detach()}, None, loss
+        loss_score = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps, inputs).mean()
+        return {**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score
 
     def _clip(self, parameters, loss) -> torch.Tensor:
         """The gradients' total norm before clipping to `grad_clip` (0 without a loss)."""

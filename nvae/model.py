@@ -288,7 +288,8 @@ class NVAE(nn.Module):
         loss = mean_B[ -log p(x | z) + kl_weight * sum_g gamma_g KL_g ], z ~ q.
 
         Returns 'loss' (scalar), 'recon' = -log p(x | z) (B,), 'kl_groups' (B, G), 'elbo_nats' =
-        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), and 'bpd' = -elbo / (D ln 2) (B,).
+        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), 'bpd' = -elbo / (D ln 2) (B,), and 'z', the
+        posterior samples per group (for a prior model fitted alongside).
         """
         out = self(x)
         recon = -out.dist.log_prob(x)
@@ -296,7 +297,7 @@ class NVAE(nn.Module):
         kl_term = balanced_kl(kl, self.kl_alpha, kl_weight) if kl_balance else kl_weight * kl.sum(1)
         elbo = -(recon + kl.sum(1))
         return {"loss": (recon + kl_term).mean(), "recon": recon, "kl_groups": kl, "elbo_nats": elbo,
-                "bpd": nats_to_bpd(-elbo, self.num_dims)}
+                "bpd": nats_to_bpd(-elbo, self.num_dims), "z": out.z}
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, k: int = 100, max_batch: int = 4096) -> torch.Tensor:

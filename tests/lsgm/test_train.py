@@ -124,3 +124,18 @@ def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):
     groups = {OmegaConf.load(tmp_path / job / "config.yaml").logger.group for job in "01"}
     assert groups == {tmp_path.name}
     assert result.stdout.count("test NLL:") == 2
+
+
+@pytest.mark.parametrize("score_in_stage1", [False, True])
+def test_stage1_trains_the_score_model_only_when_asked(tmp_path, score_in_stage1):
+    """During stage 1 the VAE always learns; the score model learns its (detached) latents only with the option."""
+    trainer = Trainer(tiny_config(f"train.score_in_stage1={score_in_stage1}"), tmp_path)
+    score_before = [p.detach().clone() for p in trainer.score_parameters]
+    vae_before = [p.detach().clone() for p in trainer.vae_parameters]
+    record = trainer.train_step(next(trainer.stream).x)
+    trainer.close()
+    assert record["phase"] == "vae"
+    assert any(not torch.equal(a, b) for a, b in zip(vae_before, trainer.vae_parameters))
+    score_moved = any(not torch.equal(a, b) for a, b in zip(score_before, trainer.score_parameters))
+    assert score_moved == score_in_stage1
+    assert ("loss_score" in record) == score_in_stage1
