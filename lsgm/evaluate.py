@@ -4,7 +4,8 @@ NLL by model kind (D = C·H·W data dimensions, bits/dim = nats/(D ln 2)):
     LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_top,i) Π_lower p(z_l,i|z_<l,i) / q(z_i|x),  z_i ~ q(z|x),
                 with log p_ODE the probability-flow ODE likelihood of the top latents (Hutchinson trace);
     VAE alone   its importance-weighted bound with the VAE's own prior;
-    pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1).
+    pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1);
+    DDPM        its variational bound L_T + Σ_t L_{t−1} + L_0 with the discrete decoder (T network calls).
 Each returns per-image nats; the reported error is the standard error of the mean over test images.
 """
 
@@ -121,6 +122,11 @@ def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, **ode_op
     for batch in x.split(batch_size):
         if model.prior == "vae":
             nats.append(model.vae.nll(batch, k))
+            continue
+        if model.discrete and model.vae is None:  # a DDPM: its own bound L_T + Σ L_t + L_0, not an ODE
+            schedule, eps_fn = diffusion_chain(model)
+            nats.append(vlb.variational_bound(eps_fn, schedule, batch, model.levels).total.float())
+            nfe += schedule.T
             continue
         values, calls = latent_nll(model, batch, k, **ode_options) if model.vae is not None else \
             pixel_nll(model, batch, **ode_options)
