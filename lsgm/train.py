@@ -192,7 +192,7 @@ class Trainer:
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
             return scalars, terms.loss_vae + regulariser, terms.loss_score
         scalars, loss_vae = {}, None
-        inputs = self._condition_inputs(x, y)
+        inputs = self._condition_inputs(x, y) if phase != "vae" or t.get("score_in_stage1") else {}
         if phase == "vae":
             terms = training_loss(self.vae, x, kl_weight, self.fit_config)
             loss_vae = terms["loss"]
