@@ -146,11 +146,15 @@ class Trainer:
             return "vae"
         return self.t.mode
 
+    def _progress(self, step: int, start: int) -> float:
+        """Progress p ∈ [0, 1) of a schedule that runs from step `start` to the end of the run."""
+        return max(step - start, 0) / max(self.t.steps - start, 1)
+
     def score_progress(self, step: int) -> float:
-        """Progress p ∈ [0, 1) of the score model's training: the phase after stage 1, or the whole run when the
-        score model also learns during stage 1 (`score_in_stage1`)."""
+        """Progress of the score model's training: the phase after stage 1, or the whole run when the score model
+        also learns during stage 1 (`score_in_stage1`)."""
         stage1 = self.t.stage1_steps if self.vae is not None and not self.t.get("score_in_stage1") else 0
-        return max(step - stage1, 0) / max(self.t.steps - stage1, 1)
+        return self._progress(step, stage1)
 
     def _set_learning_rates(self, phase: str, step: int) -> None:
         """Warm-up + cosine: the VAE's over the whole run (or restarted at `lr_vae_joint` for the joint phase,
@@ -158,9 +162,7 @@ class Trainer:
         t = self.t
         if self.vae_optimizer is not None:
             restart = phase != "vae" and t.get("lr_vae_joint")
-            stage1 = t.stage1_steps
-            lr, p = ((t.lr_vae_joint, (step - stage1) / max(t.steps - stage1, 1)) if restart
-                     else (t.lr_vae, step / t.steps))
+            lr, p = (t.lr_vae_joint, self._progress(step, t.stage1_steps)) if restart else (t.lr_vae, step / t.steps)
             set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, t.min_lr_fraction * lr, t.warmup_fraction))
         set_lr(self.score_optimizer, warmup_cosine_lr(self.score_progress(step), t.lr_score,
                                                       t.min_lr_fraction * t.lr_score, t.warmup_fraction))
@@ -191,8 +193,7 @@ class Trainer:
             scalars = terms.scalars()
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
             return scalars, terms.loss_vae + regulariser, terms.loss_score
-        scalars, loss_vae = {}, None
-        inputs = self._condition_inputs(x, y) if phase != "vae" or t.get("score_in_stage1") else {}
+        scalars, loss_vae, z0 = {}, None, x
         if phase == "vae":
             terms = training_loss(self.vae, x, kl_weight, self.fit_config)
             loss_vae = terms["loss"]
@@ -201,11 +202,11 @@ class Trainer:
                 return scalars, loss_vae, None
             # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
             # fitted prior instead of an untrained network
-            x = self.vae.concat_top(terms["z"]).detach()
+            z0 = self.vae.concat_top(terms["z"]).detach()
         elif phase == "disjoint":
             with torch.no_grad():
-                x = self.model.encode_top(x)
-        loss_score = score_loss(self.model, x, t.scheme_p, self.cfg.sde.t_eps, inputs).mean()
+                z0 = self.model.encode_top(x)
+        loss_score = score_loss(self.model, z0, t.scheme_p, self.cfg.sde.t_eps, self._condition_inputs(x, y)).mean()
         return {**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score
 
     def _clip(self, parameters, loss) -> torch.Tensor:
