@@ -100,11 +100,9 @@ def latent_nll(model, x: torch.Tensor, k: int = 1, **ode_options) -> tuple[torch
     """LSGM's importance-weighted bound per image (nats) with the ODE likelihood of the top latents."""
     images = x.repeat(k, *([1] * (x.dim() - 1)))
     out = model.vae(images)
-    z_top = model.vae.concat_top(out.z)
-    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, z_top, **_ode_options(ode_options))
-    groups = model.vae.num_top_groups
-    log_lower = torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else 0.0
-    log_w = out.dist.log_prob(images) + log_prior + log_lower - torch.stack(out.log_q, 1).sum(1)
+    latents = model.latent_terms(out)
+    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, latents.z_top, **_ode_options(ode_options))
+    log_w = out.dist.log_prob(images) + log_prior + latents.log_p_lower - latents.log_q
     return math.log(k) - torch.logsumexp(log_w.view(k, x.shape[0]), 0), nfe
 
 
@@ -161,7 +159,8 @@ def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None
                                       generator=generator)
         return bound.summary(), bound.rate_distortion()
     out = model.vae(x)
-    z_top = model.vae.concat_top(out.z)
+    latents = model.latent_terms(out)
+    z_top = latents.z_top
     scale = (model.levels - 1) / 2
 
     def decoded_error(z_hat, index):
@@ -170,9 +169,7 @@ def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None
 
     bound = vlb.variational_bound(eps_fn, schedule, z_top, None, num_steps=num_steps, batch_size=batch_size,
                                   generator=generator, distortion=decoded_error)
-    groups = model.vae.num_top_groups
-    lower = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else 0.0
-    rest = -out.dist.log_prob(x) + torch.stack(out.log_q, 1).sum(1) + lower
+    rest = -out.dist.log_prob(x) + latents.log_q - latents.log_p_lower
     total = bound.total + rest
     summary = {"total_bits_per_dim": nats_to_bits_per_dim(total.mean(), dims).item(),
                "total_bits_per_dim_stderr": nats_to_bits_per_dim(total.std() / math.sqrt(len(total)), dims).item(),

@@ -1,5 +1,10 @@
 """LSGM: a VAE whose prior over its top-scale latents is a score-based model (Vahdat et al. 2021).
 
+The score model sees the top scale in the VAE's prior-standardised coordinates ε_g = (z_g − μ_p)/σ_p
+(`nvae.model`): there the VAE's own hierarchical prior is exactly N(0, I), so the mixed score's base term
+below reproduces the VAE alone and the network learns only what the VAE's prior misses (LSGM's NVAE
+likewise hands its SGM the ε of every group). Lower scales keep the VAE's conditionals p(z_l | z_<l).
+
 The score model predicts ε with LSGM's mixed parameterisation
     ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(z_t, t),   α = sigmoid(ℓ), ℓ a learnable logit per channel,
 whose first term is the exact ε of a N(0, I) prior (its VP marginal is N(0, I) at every t), so the
@@ -9,12 +14,23 @@ image); `discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sde import VPSDE, expand_like, sampling
 
 from .data import to_levels, to_unit_range
+
+
+@dataclass
+class LatentTerms:
+    """One posterior draw as LSGM's bound uses it; per-sample terms are (B,) nats."""
+
+    z_top: torch.Tensor  # the score model's latents: the top scale's prior-standardised ε, (B, *latent_shape)
+    log_q: torch.Tensor  # log q(ε_top, z_lower | x)
+    log_p_lower: torch.Tensor  # Σ_lower log p(z_l | z_<l) of the groups outside the score model (0 without any)
 
 
 class LSGM(nn.Module):
@@ -139,11 +155,19 @@ class LSGM(nn.Module):
         sees step i as t = i/T)."""
         return self.schedule if self.discrete else self.sde.discretize(T)
 
+    def latent_terms(self, out) -> LatentTerms:
+        """Split a VAE pass (`nvae.VAEOutput`) into the score model's latents and the bound's other latent terms."""
+        top = self.vae.num_top_groups
+        log_q = torch.stack(out.log_q_eps[:top] + out.log_q[top:], 1).sum(1)
+        log_p_lower = torch.stack(out.log_p[top:], 1).sum(1) if len(out.log_p) > top else torch.zeros_like(log_q)
+        return LatentTerms(self.vae.concat_top(out.eps), log_q, log_p_lower)
+
     def decoder(self, z_top: torch.Tensor, temperature: float = 1.0):
-        """p(x | z) of a latent model given its top latents, the lower groups drawn from the VAE's own conditional
-        prior with their std scaled by `temperature` (0: at their prior means, a deterministic function of z_top)."""
+        """p(x | z) of a latent model given its top latents (prior-standardised ε), the lower groups drawn from the
+        VAE's own conditional prior with their std scaled by `temperature` (0: at their prior means, a
+        deterministic function of z_top)."""
         groups = self.vae.split_top(z_top) + [None] * (len(self.vae.group_shapes) - self.vae.num_top_groups)
-        return self.vae.decode(groups, temperature)
+        return self.vae.decode(groups, temperature, space="eps")
 
     def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
         """Images from top-scale latents: x ~ p(x | z) (or its mean) of `decoder`; in pixel space the latent is the
@@ -154,8 +178,8 @@ class LSGM(nn.Module):
         return dist.mean() if mean else dist.sample()
 
     def encode_top(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
-        """A posterior sample (or the posterior mean) of the top-scale latents; the image itself in pixel space."""
+        """A posterior sample (mean: the chain of posterior means) of the top-scale latents as the score model sees
+        them (prior-standardised ε); the image itself in pixel space."""
         if self.vae is None:
             return x
-        posterior = self.vae.encode(x)
-        return self.vae.concat_top(posterior.mu if mean else posterior.z)
+        return self.vae.concat_top(self.vae.encode(x, mean).eps)

@@ -1,7 +1,8 @@
 """LSGM's training objectives, with every term returned for logs and tests.
 
-For data x, posterior q(z|x) and an SGM prior over the top-scale latents z (the other groups keep the
-VAE's own Normal conditionals p(z_l|z_<l)), the negative ELBO is
+For data x, posterior q(z|x) and an SGM prior over the top-scale latents z_top (in the VAE's prior-standardised
+coordinates ε, see `lsgm.model`; the other groups keep the VAE's own Normal conditionals p(z_l|z_<l)), the
+negative ELBO is
     −ELBO(x) = −log p(x|z) + log q(z|x) + CE(q(z_top|x) ‖ p_SGM) − Σ_lower log p(z_l|z_<l).
 The cross-entropy of the diffused latent z_ε against the SGM's marginal is, by denoising score matching,
     CE = ∫_ε^1 w_ll(t) E‖ε − ε̂(z_t, t)‖² dt + C(z_0),   w_ll = β/(2σ²_t),
@@ -103,11 +104,9 @@ def joint_loss(
     `draws` (t, ε) pairs per latent average both DSM estimates.
     """
     out = model.vae(x)
-    groups = model.vae.num_top_groups
-    z0 = model.vae.concat_top(out.z)
+    latents = model.latent_terms(out)
+    z0, log_q, lower_nll = latents.z_top, latents.log_q, -latents.log_p_lower
     recon = -out.dist.log_prob(x)
-    log_q = torch.stack(out.log_q, 1).sum(1)
-    lower_nll = -torch.stack(out.log_p[groups:], 1).sum(1) if len(out.log_p) > groups else torch.zeros_like(recon)
 
     draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws)
     draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs, draws)

@@ -202,7 +202,7 @@ class Trainer:
                 return scalars, loss_vae, None
             # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
             # fitted prior instead of an untrained network
-            z0 = self.vae.concat_top(terms["z"]).detach()
+            z0 = self.vae.concat_top(terms["eps"]).detach()
         elif phase == "disjoint":
             with torch.no_grad():
                 z0 = self.model.encode_top(x)

@@ -7,13 +7,19 @@ feature the residual posterior q(z_g | x, z_<g) = N(mu_p + dmu, sigma_p * exp(dl
 is merged into h, and after the last group h is turned into the output distribution p(x | z).
 
 ELBO(x) = E_q[log p(x | z)] - sum_g E_q[KL(q(z_g | x, z_<g) || p(z_g | z_<g))]
+
+Every group also has prior-standardised coordinates eps_g = (z_g - mu_p) / sigma_p, in which the VAE's
+hierarchical prior is exactly N(0, I) and the prior's conditionals become part of the decoder
+(z_g = mu_p(z_<g) + sigma_p(z_<g) eps_g). The map is triangular with Jacobian prod_g sigma_p, so
+log q(eps_g | x, eps_<g) = log q(z_g | x, z_<g) + sum log sigma_p. LSGM's score model lives in these
+coordinates: its N(0, I) base is then the VAE's own prior, not a weaker replacement for it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -46,6 +52,8 @@ class Latents:
     log_q: list[torch.Tensor]  # log q(z_g | x, z_<g) at the sample
     log_p: list[torch.Tensor]  # log p(z_g | z_<g) under the VAE's own prior
     kl: list[torch.Tensor]  # analytic KL(q(z_g | x, z_<g) || p(z_g | z_<g))
+    eps: list[torch.Tensor]  # prior-standardised eps_g = (z_g - mu_p) / sigma_p
+    log_q_eps: list[torch.Tensor]  # log q(eps_g | x, eps_<g) = log q(z_g | x, z_<g) + sum log sigma_p
 
 
 @dataclass
@@ -227,22 +235,26 @@ class NVAE(nn.Module):
     def _initial_state(self, batch_size: int) -> torch.Tensor:
         return self.decoder_input.expand(batch_size, -1, -1, -1)
 
-    def _top_down_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, Latents]:
-        """Top-down pass with z_g ~ q(z_g | x, z_<g); returns the final decoder state and the latents."""
+    def _top_down_posterior(self, x: torch.Tensor, mean: bool = False) -> tuple[torch.Tensor, Latents]:
+        """Top-down pass with z_g ~ q(z_g | x, z_<g) (mean: z_g = its mean, each group conditioned on the means
+        above it); returns the final decoder state and the latents."""
         features = self._encoder_features(x)
         h = self._initial_state(x.shape[0])
-        latents = Latents([], [], [], [], [], [])
+        latents = Latents(*([] for _ in fields(Latents)))
         for group, feature in zip(self.groups, features):
             h = group.block(h)
             prior = group.prior_dist(h)
             q = group.posterior_dist(h, feature, prior)
-            z = q.sample()
+            z = q.mu if mean else q.sample()
+            log_q = q.log_prob(z).flatten(1).sum(1)
             latents.z.append(z)
             latents.mu.append(q.mu)
             latents.log_std.append(q.log_std)
-            latents.log_q.append(q.log_prob(z).flatten(1).sum(1))
+            latents.log_q.append(log_q)
             latents.log_p.append(prior.log_prob(z).flatten(1).sum(1))
             latents.kl.append(q.kl(prior).flatten(1).sum(1))
+            latents.eps.append((z - prior.mu) / prior.std)
+            latents.log_q_eps.append(log_q + prior.log_std.flatten(1).sum(1))
             h = group.merge(h, z)
         return h, latents
 
@@ -250,9 +262,10 @@ class NVAE(nn.Module):
         params = self.head(self.postprocess(h))
         return output_distribution(self.output, params, self.in_channels, self.levels, self.num_mixtures)
 
-    def encode(self, x: torch.Tensor) -> Latents:
-        """Posterior samples, parameters, log q, log p and KL per group (top first) for images x."""
-        return self._top_down_posterior(x)[1]
+    def encode(self, x: torch.Tensor, mean: bool = False) -> Latents:
+        """Posterior samples (mean: the top-down chain of posterior means), parameters, log q, log p, KL and the
+        prior-standardised latents per group (top first) for images x."""
+        return self._top_down_posterior(x, mean)[1]
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
         """One encoder + decoder pass with posterior samples."""
@@ -260,10 +273,13 @@ class NVAE(nn.Module):
         return VAEOutput(**vars(latents), dist=self._output(h))
 
     def decode(self, z: Sequence[torch.Tensor | None], temperature: float = 1.0,
-               batch_size: int | None = None) -> DiscreteImageDistribution:
+               batch_size: int | None = None, space: str = "z") -> DiscreteImageDistribution:
         """p(x | z) for a list of groups (top first); a None entry is drawn from the VAE's conditional
-        prior p(z_g | z_<g) with its std scaled by ``temperature``. ``batch_size`` is needed only when
-        every entry is None."""
+        prior p(z_g | z_<g) with its std scaled by ``temperature``. With ``space="eps"`` the given entries are
+        prior-standardised eps_g and z_g = mu_p + sigma_p eps_g. ``batch_size`` is needed only when every entry
+        is None."""
+        if space not in ("z", "eps"):
+            raise ValueError(f"space must be 'z' or 'eps', got {space!r}")
         if len(z) != len(self.groups):
             raise ValueError(f"decode needs {len(self.groups)} latent groups (None to sample), got {len(z)}")
         given = [t for t in z if t is not None]
@@ -272,7 +288,11 @@ class NVAE(nn.Module):
         h = self._initial_state(given[0].shape[0] if given else batch_size)
         for group, z_g in zip(self.groups, z):
             h = group.block(h)
-            z_g = group.prior_dist(h).sample(temperature) if z_g is None else z_g
+            prior = group.prior_dist(h)
+            if z_g is None:
+                z_g = prior.sample(temperature)
+            elif space == "eps":
+                z_g = prior.mu + prior.std * z_g
             h = group.merge(h, z_g)
         return self._output(h)
 
@@ -288,8 +308,8 @@ class NVAE(nn.Module):
         loss = mean_B[ -log p(x | z) + kl_weight * sum_g gamma_g KL_g ], z ~ q.
 
         Returns 'loss' (scalar), 'recon' = -log p(x | z) (B,), 'kl_groups' (B, G), 'elbo_nats' =
-        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), 'bpd' = -elbo / (D ln 2) (B,), and 'z', the
-        posterior samples per group (for a prior model fitted alongside).
+        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), 'bpd' = -elbo / (D ln 2) (B,), and 'eps', the
+        prior-standardised posterior latents per group (for a prior model fitted alongside).
         """
         out = self(x)
         recon = -out.dist.log_prob(x)
@@ -297,7 +317,7 @@ class NVAE(nn.Module):
         kl_term = balanced_kl(kl, self.kl_alpha, kl_weight) if kl_balance else kl_weight * kl.sum(1)
         elbo = -(recon + kl.sum(1))
         return {"loss": (recon + kl_term).mean(), "recon": recon, "kl_groups": kl, "elbo_nats": elbo,
-                "bpd": nats_to_bpd(-elbo, self.num_dims), "z": out.z}
+                "bpd": nats_to_bpd(-elbo, self.num_dims), "eps": out.eps}
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, k: int = 100, max_batch: int = 4096) -> torch.Tensor:

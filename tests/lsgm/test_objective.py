@@ -122,7 +122,8 @@ def test_ddpm_special_case_loss_is_l_simple():
 
 
 class TinyVAE(nn.Module):
-    """A two-group stand-in with the NVAE output interface and hand-checkable numbers."""
+    """A two-group stand-in with the NVAE output interface and hand-checkable numbers; the score model must see the
+    top group's prior-standardised ε (not z) and its log q(ε), the lower group its z terms."""
 
     num_top_groups = 1
     top_shape = (2, 1, 1)
@@ -135,8 +136,9 @@ class TinyVAE(nn.Module):
         z_low = torch.full((x.shape[0], 1, 1, 1), 0.25)
         dist = SimpleNamespace(log_prob=lambda data: -data.flatten(1).pow(2).sum(1))
         per_sample = lambda value: torch.full((x.shape[0],), value)  # noqa: E731
-        return SimpleNamespace(z=[z_top, z_low], log_q=[per_sample(-1.5), per_sample(0.2)],
-                               log_p=[per_sample(-9.0), per_sample(-0.7)], dist=dist)
+        return SimpleNamespace(z=[3 * z_top, z_low], eps=[z_top, 7 * z_low], log_q=[per_sample(-1.5), per_sample(0.2)],
+                               log_q_eps=[per_sample(-2.5), per_sample(5.0)], log_p=[per_sample(-9.0), per_sample(-0.7)],
+                               dist=dist)
 
     def concat_top(self, z):
         return z[0]
@@ -160,9 +162,9 @@ def test_joint_loss_terms_by_hand():
     constant = 2 * 0.5 * (math.log(2 * math.pi) + v1 - math.log(v1) + math.log(veps)) + 0.5 * m1**2 * 1.25
     cross_entropy = draw.weight_ll * squared_error + constant
     assert torch.allclose(loss.recon, torch.full((3,), 4 * 0.25))
-    assert torch.allclose(loss.log_q, torch.full((3,), -1.3))
+    assert torch.allclose(loss.log_q, torch.full((3,), -2.3))
     assert torch.allclose(loss.lower_nll, torch.full((3,), 0.7))
     assert torch.allclose(loss.cross_entropy, cross_entropy, rtol=1e-5)
-    assert torch.allclose(loss.nelbo, 1.0 - 1.3 + cross_entropy + 0.7, rtol=1e-5)
-    assert loss.loss_vae.item() == pytest.approx((1.0 + 0.5 * (-1.3 + cross_entropy + 0.7)).mean().item(), rel=1e-5)
+    assert torch.allclose(loss.nelbo, 1.0 - 2.3 + cross_entropy + 0.7, rtol=1e-5)
+    assert loss.loss_vae.item() == pytest.approx((1.0 + 0.5 * (-2.3 + cross_entropy + 0.7)).mean().item(), rel=1e-5)
     assert loss.loss_score.item() == pytest.approx((draw.weight * squared_error).mean().item(), rel=1e-5)

@@ -60,6 +60,32 @@ def test_decode_uses_given_latents_and_samples_the_rest(vae, digits):
         vae.decode([None])
 
 
+@torch.no_grad()
+def test_prior_standardised_latents(vae, digits):
+    """ε_g = (z_g − μ_p)/σ_p: decoding ε reproduces decoding z, and the change of variables keeps every group's
+    log-ratio, log N(ε_g; 0, I) − log q(ε_g) == log p(z_g | z_<g) − log q(z_g) (so N(0, I) over ε is the VAE's prior)."""
+    vae = nvae.NVAE(**{**TINY, "groups_per_scale": [2, 1]}).eval()
+    x = digits[:6]
+    torch.manual_seed(4)
+    out = vae(x)
+    assert torch.allclose(vae.decode(out.eps, space="eps").log_prob(x), out.dist.log_prob(x), atol=1e-5)
+    assert not torch.allclose(out.eps[1], out.z[1])  # a group with a learned conditional prior
+    assert torch.equal(out.eps[0], out.z[0])  # the first group's prior is N(0, I)
+    for eps, log_q_eps, log_p, log_q in zip(out.eps, out.log_q_eps, out.log_p, out.log_q):
+        log_normal = torch.from_numpy(stats.norm.logpdf(eps.double().numpy())).flatten(1).sum(1)
+        assert torch.allclose(log_normal - log_q_eps.double(), (log_p - log_q).double(), atol=1e-4)
+    with pytest.raises(ValueError, match="space"):
+        vae.decode(out.eps, space="x")
+
+
+@torch.no_grad()
+def test_mean_encoding_is_the_chain_of_posterior_means(vae, digits):
+    latents = vae.encode(digits[:4], mean=True)
+    assert all(torch.equal(z, mu) for z, mu in zip(latents.z, latents.mu))
+    again = vae.encode(digits[:4], mean=True)
+    assert all(torch.equal(a, b) for a, b in zip(latents.eps, again.eps))
+
+
 def test_samples_lie_on_the_bins(vae):
     x = vae.sample(7)
     assert x.shape == (7, 1, 8, 8)
