@@ -31,7 +31,7 @@ from .distributed import resolve_device
 from .log import RunLogger
 from .metrics import plots
 from .metrics.quality import sample_quality
-from .objective import cross_entropy_constant, denoising_terms, joint_loss, score_loss
+from .objective import cross_entropy, denoising_terms, joint_loss, score_loss
 from .sample import draw, write_samples
 
 
@@ -49,8 +49,7 @@ def _per_image_bound(model, x: torch.Tensor, vae_only: bool, scheme: str, t_eps:
         return score_loss(model, x)
     dequantized = dequantize(x, model.levels)
     terms = denoising_terms(model, dequantized, scheme, t_eps)
-    cross_entropy = terms.likelihood() + cross_entropy_constant(model.sde, dequantized, t_eps)
-    return cross_entropy - x[0].numel() * math.log(bin_width(model.levels))
+    return cross_entropy(model, terms, dequantized, t_eps) - x[0].numel() * math.log(bin_width(model.levels))
 
 
 @torch.no_grad()

@@ -13,6 +13,14 @@ at t = 1 plus the DSM integral, the data-independent parts collected in C (LSGM 
 weights of `sde.sample_time`. The VAE's update minimises −ELBO with likelihood weighting; the score
 model's update minimises the DSM term with its own weighting (LSGM's `iw_sample_p`), reusing the same
 draw of t (`reweight_p_samples`) or a separate one.
+
+With the mixed score the N(0, I) base serves as a control variate: its CE is known in closed form,
+    CE_N(z_0) = D/2 log 2π + ½(m_ε² ‖z_0‖² + D σ²_ε),
+and E[w_ll ‖ε − σ_t z_t‖²] + C(z_0) = CE_N(z_0), so
+    CE = CE_N(z_0) + E[w_ll (‖ε − ε̂(z_t, t)‖² − ‖ε − σ_t z_t‖²)]
+has the same mean with the base's share of the noise removed: it is exact at α = 0, where the joint phase
+starts, and its variance grows with the network's correction only (Monte-Carlo noise of the plain DSM
+estimate otherwise reaches the VAE's encoder through the CE's gradient).
 """
 
 from __future__ import annotations
@@ -22,7 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
-from sde import VPSDE, sample_time
+from sde import VPSDE, expand_like, sample_time
+
+
+def normal_cross_entropy(sde: VPSDE, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """CE(q(z_ε | z_0) ‖ N(0, I)) = D/2 log 2π + ½(m_ε² ‖z_0‖² + D σ²_ε)  (B,): the mixed score's base, exactly."""
+    dims = z0[0].numel()
+    mean_coeff, var = sde.marginal(t_eps)[0].item(), sde.var(t_eps).item()
+    return 0.5 * (dims * (math.log(2 * math.pi) + var) + mean_coeff**2 * z0.flatten(1).pow(2).sum(1))
 
 
 def cross_entropy_constant(sde: VPSDE, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
@@ -42,6 +57,7 @@ class DenoisingTerms:
     squared_error: torch.Tensor  # ‖ε − ε̂(z_t, t)‖²
     weight: torch.Tensor  # the scheme's own objective weight / proposal
     weight_ll: torch.Tensor  # likelihood weight / proposal
+    base_squared_error: torch.Tensor  # ‖ε − σ_t z_t‖², the N(0, I) prior's error for the same draw
 
     def objective(self) -> torch.Tensor:
         """The scheme's weighted DSM estimate per sample, averaged over the draws (B,)."""
@@ -50,6 +66,18 @@ class DenoisingTerms:
     def likelihood(self) -> torch.Tensor:
         """The likelihood-weighted DSM estimate per sample, averaged over the draws (B,) (the CE without C)."""
         return (self.weight_ll * self.squared_error).mean(0)
+
+    def likelihood_over_base(self) -> torch.Tensor:
+        """The likelihood-weighted DSM estimate minus the N(0, I) prior's for the same draws (B,)."""
+        return (self.weight_ll * (self.squared_error - self.base_squared_error)).mean(0)
+
+
+def cross_entropy(model, terms: DenoisingTerms, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """The CE estimate of the diffused z_ε under the model's SGM (B,): CE_N(z_0) + the DSM difference to the base
+    for a mixed score (see the module docstring), DSM + C(z_0) otherwise."""
+    if model.mixing_logit is not None:
+        return terms.likelihood_over_base() + normal_cross_entropy(model.sde, z0, t_eps)
+    return terms.likelihood() + cross_entropy_constant(model.sde, z0, t_eps)
 
 
 def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: dict | None = None,
@@ -64,7 +92,8 @@ def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: 
     noise = torch.randn_like(z0)
     z_t = model.sde.perturb(z0, draw.t, noise)
     squared_error = (noise - model.guided_eps(z_t, draw.t, inputs)).flatten(1).pow(2).sum(1)
-    fields = (draw.t, squared_error, draw.weight, draw.weight_ll)
+    base_squared_error = (noise - expand_like(model.sde.marginal(draw.t)[1], z_t) * z_t).flatten(1).pow(2).sum(1)
+    fields = (draw.t, squared_error, draw.weight, draw.weight_ll, base_squared_error)
     return DenoisingTerms(*(field.view(draws, batch) for field in fields))
 
 
@@ -110,11 +139,11 @@ def joint_loss(
 
     draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws)
     draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs, draws)
-    cross_entropy = draw_q.likelihood() + cross_entropy_constant(model.sde, z0, t_eps)
+    latent_cross_entropy = cross_entropy(model, draw_q, z0, t_eps)
     dsm = draw_p.objective()
-    nelbo = recon + log_q + cross_entropy + lower_nll
-    loss_vae = (recon + kl_weight * (log_q + cross_entropy + lower_nll)).mean()
-    return JointLoss(recon, log_q, cross_entropy, lower_nll, dsm, nelbo, loss_vae, dsm.mean())
+    nelbo = recon + log_q + latent_cross_entropy + lower_nll
+    loss_vae = (recon + kl_weight * (log_q + latent_cross_entropy + lower_nll)).mean()
+    return JointLoss(recon, log_q, latent_cross_entropy, lower_nll, dsm, nelbo, loss_vae, dsm.mean())
 
 
 def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps: float = 1e-2,

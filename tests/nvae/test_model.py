@@ -63,7 +63,7 @@ def test_decode_uses_given_latents_and_samples_the_rest(vae, digits):
 @torch.no_grad()
 def test_prior_standardised_latents(vae, digits):
     """ε_g = (z_g − μ_p)/σ_p: decoding ε reproduces decoding z, and the change of variables keeps every group's
-    log-ratio, log N(ε_g; 0, I) − log q(ε_g) == log p(z_g | z_<g) − log q(z_g) (so N(0, I) over ε is the VAE's prior)."""
+    log-ratio, log N(ε_g; 0, I) − log q(ε_g) == log p(z_g | z_<g) − log q(z_g): N(0, I) over ε is the VAE's prior."""
     vae = nvae.NVAE(**{**TINY, "groups_per_scale": [2, 1]}).eval()
     x = digits[:6]
     torch.manual_seed(4)

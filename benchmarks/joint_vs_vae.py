@@ -1,0 +1,106 @@
+"""LSGM joint vs the VAE alone under the same training budget, compared image by image on the test split.
+
+    python benchmarks/joint_vs_vae.py --train --steps 2200 --out /tmp/joint_vs_vae   # train both, then compare
+    python benchmarks/joint_vs_vae.py --runs RUN_A RUN_B ...                          # compare finished runs
+
+`--train` runs `train_joint.py` twice with the same seed, data and step budget: `experiment=digits` (LSGM: VAE-alone
+stage 1, then joint) and `experiment=digits_vae` (the VAE alone for every step), side by side, one thread each. Each
+run's best checkpoint (by validation bound) is then scored on the same test images with the same importance sample
+count k: the ODE bound for LSGM, the IWAE bound for the VAE. Because both bounds are per image, the difference is
+reported with its paired standard error, which is far smaller than either model's own spread over images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import lsgm
+from lsgm.build import load_splits
+from lsgm.evaluate import test_nll
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = {"lsgm_joint": "digits", "vae_alone": "digits_vae"}
+
+
+def train(out: Path, steps: int, seed: int, extra: list[str]) -> list[Path]:
+    """Both presets at the same budget, run in parallel (one thread each); returns their run folders."""
+    jobs, runs = [], []
+    for name, experiment in PRESETS.items():
+        run = out / name
+        command = [sys.executable, str(ROOT / "train_joint.py"), f"experiment={experiment}", f"seed={seed}",
+                   f"train.steps={steps}", "logger=none", "threads=1",
+                   f"hydra.run.dir={run}", *extra]
+        log = open(out / f"{name}.log", "w")
+        jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, name))
+        runs.append(run)
+    for job, log, name in jobs:
+        if job.wait():
+            raise SystemExit(f"training {name} failed: see {log.name}")
+        log.close()
+    return runs
+
+
+def per_image_nats(run: Path, k: int, seed: int) -> tuple[torch.Tensor, int]:
+    """Test NLL bound per image (nats) of a run's best checkpoint, and the data dimension."""
+    checkpoint = run / "checkpoints" / "best.pt"
+    model = lsgm.load(checkpoint if checkpoint.exists() else run / "checkpoints" / "last.pt")
+    x = load_splits(model.config.data)["test"].x
+    torch.manual_seed(seed)
+    result = test_nll(model, x, k=k, batch_size=len(x))
+    return result.nats.double(), result.dims
+
+
+def compare(runs: list[Path], k: int, seed: int) -> list[dict]:
+    """Each run's test bits/dim ± its standard error, and its paired difference to the first run ± paired error."""
+    rows, reference = [], None
+    for run in runs:
+        nats, dims = per_image_nats(run, k, seed)
+        to_bpd = 1.0 / (dims * math.log(2))
+        row = {"run": str(run), "bpd": nats.mean().item() * to_bpd,
+               "bpd_stderr": nats.std().item() / math.sqrt(len(nats)) * to_bpd}
+        if reference is None:
+            reference = nats
+        else:
+            difference = nats - reference
+            row["minus_first_bpd"] = difference.mean().item() * to_bpd
+            row["minus_first_stderr"] = difference.std().item() / math.sqrt(len(nats)) * to_bpd
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="*", type=Path, help="finished run folders (the first is the reference)")
+    parser.add_argument("--train", action="store_true", help="train LSGM joint and the VAE alone first")
+    parser.add_argument("--steps", type=int, default=2200, help="optimizer steps of each run (--train)")
+    parser.add_argument("--out", type=Path, default=Path("joint_vs_vae"), help="folder for the runs (--train)")
+    parser.add_argument("--k", type=int, default=4, help="importance samples per test image")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="hydra overrides passed to both trainings (--train)")
+    args = parser.parse_args()
+    if args.train == bool(args.runs):
+        parser.error("give either --train or --runs")
+    if args.train:
+        args.out.mkdir(parents=True, exist_ok=True)
+        runs = train(args.out, args.steps, args.seed, args.overrides)
+    else:
+        runs = args.runs
+    torch.set_num_threads(1)
+    rows = compare(runs, args.k, args.seed)
+    for row in rows:
+        paired = (f"   minus first: {row['minus_first_bpd']:+.4f} ± {row['minus_first_stderr']:.4f} (paired)"
+                  if "minus_first_bpd" in row else "")
+        print(f"{row['run']}: {row['bpd']:.4f} ± {row['bpd_stderr']:.4f} bits/dim{paired}")
+    if args.train:
+        (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
