@@ -19,8 +19,15 @@ With the mixed score the N(0, I) base serves as a control variate: its CE is kno
 and E[w_ll ‖ε − σ_t z_t‖²] + C(z_0) = CE_N(z_0), so
     CE = CE_N(z_0) + E[w_ll (‖ε − ε̂(z_t, t)‖² − ‖ε − σ_t z_t‖²)]
 has the same mean with the base's share of the noise removed: it is exact at α = 0, where the joint phase
-starts, and its variance grows with the network's correction only (Monte-Carlo noise of the plain DSM
-estimate otherwise reaches the VAE's encoder through the CE's gradient).
+starts, and its variance grows with the network's correction only.
+
+The bound is estimated with the VAE's analytic KLs. In ε the VAE's own prior is N(0, I), and the KL is invariant
+under z ↔ ε, so E_q[log q − log p] over every group is Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), and
+    −ELBO(x) = −log p(x|z) + Σ_g KL_g + excess(z_top),   excess = CE(q ‖ p_SGM) − CE(q ‖ N(0, I)),
+the VAE-alone objective plus the SGM's excess cross-entropy (negative where the SGM beats the VAE's prior),
+estimated per sample as the CE estimate above + log N(z_top; 0, I). Same mean as the single-sample
+log q + CE − Σ log p, without the single-sample entropy's noise: a joint model whose SGM has learned nothing
+trains exactly like the VAE alone.
 """
 
 from __future__ import annotations
@@ -97,16 +104,25 @@ def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: 
     return DenoisingTerms(*(field.view(draws, batch) for field in fields))
 
 
+def normal_log_prob(z0: torch.Tensor) -> torch.Tensor:
+    """log N(z_0; 0, I) summed over a sample's dimensions (B,)."""
+    return -0.5 * (z0.flatten(1).pow(2).sum(1) + z0[0].numel() * math.log(2 * math.pi))
+
+
+def prior_excess(model, terms: DenoisingTerms, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """CE(q ‖ p_SGM) − CE(q ‖ N(0, I)) per sample (B,): the `cross_entropy` estimate plus log N(z_0; 0, I)."""
+    return cross_entropy(model, terms, z0, t_eps) + normal_log_prob(z0)
+
+
 @dataclass
 class JointLoss:
     """The terms of one joint step; per-sample terms are (B,) nats, losses are scalars."""
 
     recon: torch.Tensor  # −log p(x|z)
-    log_q: torch.Tensor  # log q(z|x), all groups
-    cross_entropy: torch.Tensor  # CE of the top latents under the SGM (one-sample DSM estimate + C)
-    lower_nll: torch.Tensor  # −Σ log p(z_l|z_<l) of the groups outside the SGM
+    kl: torch.Tensor  # Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), the VAE's own prior, every group
+    prior_excess: torch.Tensor  # CE of the top latents under the SGM minus under N(0, I) (DSM estimate)
     dsm: torch.Tensor  # the score model's weighted DSM term
-    nelbo: torch.Tensor  # recon + log_q + cross_entropy + lower_nll
+    nelbo: torch.Tensor  # recon + kl + prior_excess
     loss_vae: torch.Tensor  # minimised over the VAE's parameters
     loss_score: torch.Tensor  # minimised over the score model's parameters
 
@@ -127,23 +143,22 @@ def joint_loss(
 ) -> JointLoss:
     """LSGM's joint objective for a batch x (model.vae must exist).
 
-    loss_vae   = mean[−log p(x|z) + kl_weight·(log q(z|x) + CE + lower_nll)]   (likelihood weighting);
+    loss_vae   = mean[−log p(x|z) + kl_weight·(Σ_g KL_g + excess)]   (likelihood weighting, see the module docstring);
     loss_score = mean[w_p(t)/r(t) · ‖ε − ε̂‖²]  with the `scheme_p` weighting, z_0 detached.
     `scheme_q="reweight_p_samples"` reuses the score model's draw for the CE; any `sde.SCHEMES` name draws anew.
     `draws` (t, ε) pairs per latent average both DSM estimates.
     """
     out = model.vae(x)
-    latents = model.latent_terms(out)
-    z0, log_q, lower_nll = latents.z_top, latents.log_q, -latents.log_p_lower
+    z0 = model.latent_terms(out).z_top
     recon = -out.dist.log_prob(x)
+    kl = torch.stack(out.kl, 1).sum(1)
 
     draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws)
     draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs, draws)
-    latent_cross_entropy = cross_entropy(model, draw_q, z0, t_eps)
+    excess = prior_excess(model, draw_q, z0, t_eps)
     dsm = draw_p.objective()
-    nelbo = recon + log_q + latent_cross_entropy + lower_nll
-    loss_vae = (recon + kl_weight * (log_q + latent_cross_entropy + lower_nll)).mean()
-    return JointLoss(recon, log_q, latent_cross_entropy, lower_nll, dsm, nelbo, loss_vae, dsm.mean())
+    loss_vae = (recon + kl_weight * (kl + excess)).mean()
+    return JointLoss(recon, kl, excess, dsm, recon + kl + excess, loss_vae, dsm.mean())
 
 
 def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps: float = 1e-2,

@@ -143,7 +143,7 @@ def test_ddpm_special_case_loss_is_l_simple():
 
 class TinyVAE(nn.Module):
     """A two-group stand-in with the NVAE output interface and hand-checkable numbers; the score model must see the
-    top group's prior-standardised ε (not z) and its log q(ε), the lower group its z terms."""
+    top group's prior-standardised ε (not z), and the bound takes the VAE's analytic KLs."""
 
     num_top_groups = 1
     top_shape = (2, 1, 1)
@@ -156,7 +156,7 @@ class TinyVAE(nn.Module):
         z_low = torch.full((x.shape[0], 1, 1, 1), 0.25)
         dist = SimpleNamespace(log_prob=lambda data: -data.flatten(1).pow(2).sum(1))
         per_sample = lambda value: torch.full((x.shape[0],), value)  # noqa: E731
-        return SimpleNamespace(z=[3 * z_top, z_low], eps=[z_top, 7 * z_low],
+        return SimpleNamespace(z=[3 * z_top, z_low], eps=[z_top, 7 * z_low], kl=[per_sample(1.1), per_sample(0.4)],
                                log_q=[per_sample(-1.5), per_sample(0.2)], log_q_eps=[per_sample(-2.5), per_sample(5.0)],
                                log_p=[per_sample(-9.0), per_sample(-0.7)], dist=dist)
 
@@ -181,11 +181,34 @@ def test_joint_loss_terms_by_hand():
     base_squared_error = (noise - std[:, None, None, None] * z_t).pow(2).sum((1, 2, 3))
     m_eps, v_eps = vp.marginal(1e-2)[0].item(), vp.var(1e-2).item()
     normal_cross_entropy = 0.5 * (2 * (math.log(2 * math.pi) + v_eps) + m_eps**2 * 1.25)  # ‖z_0‖² = 1.25
-    cross_entropy = draw.weight_ll * (squared_error - base_squared_error) + normal_cross_entropy
+    log_normal = -0.5 * (1.25 + 2 * math.log(2 * math.pi))
+    excess = draw.weight_ll * (squared_error - base_squared_error) + normal_cross_entropy + log_normal
     assert torch.allclose(loss.recon, torch.full((3,), 4 * 0.25))
-    assert torch.allclose(loss.log_q, torch.full((3,), -2.3))
-    assert torch.allclose(loss.lower_nll, torch.full((3,), 0.7))
-    assert torch.allclose(loss.cross_entropy, cross_entropy, rtol=1e-5)
-    assert torch.allclose(loss.nelbo, 1.0 - 2.3 + cross_entropy + 0.7, rtol=1e-5)
-    assert loss.loss_vae.item() == pytest.approx((1.0 + 0.5 * (-2.3 + cross_entropy + 0.7)).mean().item(), rel=1e-5)
+    assert torch.allclose(loss.kl, torch.full((3,), 1.5))
+    assert torch.allclose(loss.prior_excess, excess, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(loss.nelbo, 1.0 + 1.5 + excess, rtol=1e-5)
+    assert loss.loss_vae.item() == pytest.approx((1.0 + 0.5 * (1.5 + excess)).mean().item(), rel=1e-5)
     assert loss.loss_score.item() == pytest.approx((draw.weight * squared_error).mean().item(), rel=1e-5)
+
+
+def test_a_joint_model_at_the_normal_base_has_the_vae_bound():
+    """Mixing logit −∞ on a real NVAE: the joint −ELBO is the VAE's own (analytic-KL) −ELBO for the same posterior
+    draw, up to the closed-form t_ε term ½((m_ε² − 1)‖ε_0‖² + D σ²_ε) of the cross-entropy at t_ε."""
+    import nvae
+
+    torch.manual_seed(0)
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=[2, 1], latent_channels=2, cells_per_group=1,
+                    num_preprocess=1, dropout=0.0).eval()
+    vp = sde.VPSDE("geometric")
+    model = LSGM(Zero(), vp, vae=vae, data_shape=(1, 8, 8), levels=17, mixing_logit_init=-math.inf)
+    x = torch.linspace(-1, 1, 17)[torch.randint(17, (6, 1, 8, 8))]
+    torch.manual_seed(1)
+    loss = joint_loss(model, x, t_eps=1e-2)
+    torch.manual_seed(1)
+    vae_terms = vae.loss(x, kl_balance=False)
+    torch.manual_seed(1)
+    z0 = vae.concat_top(vae(x).eps)
+    m_eps, v_eps = vp.marginal(1e-2)[0].item(), vp.var(1e-2).item()
+    t_eps_term = 0.5 * ((m_eps**2 - 1) * z0.flatten(1).pow(2).sum(1) + z0[0].numel() * v_eps)
+    assert torch.allclose(loss.nelbo, -vae_terms["elbo_nats"] + t_eps_term, atol=1e-4)
+    assert t_eps_term.abs().max() < 1e-3  # LSGM's t_ε leaves the bound where the VAE has it
