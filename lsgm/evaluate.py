@@ -2,7 +2,8 @@
 
 NLL by model kind (D = C·H·W data dimensions, bits/dim = nats/(D ln 2)):
     LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_top,i) Π_lower p(z_l,i|z_<l,i) / q(z_i|x),  z_i ~ q(z|x),
-                with log p_ODE the probability-flow ODE likelihood of the top latents (Hutchinson trace);
+                with log p_ODE the probability-flow ODE likelihood of the top latents (Hutchinson trace), which
+                are the top scale's prior-standardised ε (q their density, see `LSGM.latent_terms`);
     VAE alone   its importance-weighted bound with the VAE's own prior;
     pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1);
     DDPM        its variational bound L_T + Σ_t L_{t−1} + L_0 with the discrete decoder (T network calls).
