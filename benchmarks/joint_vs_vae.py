@@ -111,9 +111,10 @@ def main() -> None:
         print_rows(rows)
         results.append(rows)
     differences = torch.tensor([rows[1]["minus_first_bpd"] for rows in results], dtype=torch.float64)
-    spread = differences.std().item() / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
-    print(f"LSGM joint minus VAE alone over {len(differences)} seed(s): {differences.mean().item():+.4f} ± {spread:.4f}"
-          " bits/dim")
+    if len(differences) > 1:
+        spread = differences.std().item() / math.sqrt(len(differences))
+        print(f"LSGM joint minus VAE alone over {len(differences)} seeds: {differences.mean().item():+.4f} ± "
+              f"{spread:.4f} bits/dim")
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
 
