@@ -8,7 +8,8 @@ Measured side by side in one process, alternating, on the same batches:
          two optimizer steps and the EMA update;
 - bare:  one forward of the same networks on the same objective terms and one backward of their sum,
          no optimizer — the least any joint step must do.
-Prints images/s for both, the overhead ratio step/bare, and the same for the VAE-alone stage-1 step.
+Prints images/s for both, the overhead ratio step/bare, and the same for the stage-1 step (the VAE alone, plus
+the score model on the detached latents with `train.score_in_stage1`).
 Hydra overrides (e.g. `train.batch_size=128`) select the configuration.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from lsgm.objective import joint_loss
+from lsgm.objective import joint_loss, score_loss
 from lsgm.train import Trainer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -36,8 +37,15 @@ def bare_joint(trainer: Trainer, x: torch.Tensor) -> None:
     trainer.model.zero_grad(set_to_none=True)
 
 
-def bare_vae(trainer: Trainer, x: torch.Tensor) -> None:
-    trainer.model.vae.loss(x)["loss"].backward()
+def bare_stage1(trainer: Trainer, x: torch.Tensor) -> None:
+    """Forward of the stage-1 losses (the VAE's, plus the score model's on the detached latents when it learns in
+    stage 1, `train.score_in_stage1`) and one backward of their sum."""
+    terms = trainer.model.vae.loss(x)
+    loss = terms["loss"]
+    if trainer.t.get("score_in_stage1"):
+        z0 = trainer.model.vae.concat_top(terms["eps"]).detach()
+        loss = loss + score_loss(trainer.model, z0, trainer.t.scheme_p, trainer.cfg.sde.t_eps).mean()
+    loss.backward()
     trainer.model.zero_grad(set_to_none=True)
 
 
@@ -77,7 +85,7 @@ def main() -> None:
         trainer = Trainer(cfg, run_dir)
         for _ in range(3):  # warm-up, both phases
             trainer.train_step(next(trainer.stream).x)
-        rows = {"stage 1 (VAE alone)": measure(trainer, 0, bare_vae, args.steps),
+        rows = {"stage 1": measure(trainer, 0, bare_stage1, args.steps),
                 "joint": measure(trainer, cfg.train.stage1_steps, bare_joint, args.steps)}
         trainer.close()
     print(f"batch {cfg.train.batch_size}, {args.threads} thread(s), device {trainer.device}")
