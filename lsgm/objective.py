@@ -104,14 +104,9 @@ def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: 
     return DenoisingTerms(*(field.view(draws, batch) for field in fields))
 
 
-def normal_log_prob(z0: torch.Tensor) -> torch.Tensor:
-    """log N(z_0; 0, I) summed over a sample's dimensions (B,)."""
-    return -0.5 * (z0.flatten(1).pow(2).sum(1) + z0[0].numel() * math.log(2 * math.pi))
-
-
 def prior_excess(model, terms: DenoisingTerms, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
     """CE(q ‖ p_SGM) − CE(q ‖ N(0, I)) per sample (B,): the `cross_entropy` estimate plus log N(z_0; 0, I)."""
-    return cross_entropy(model, terms, z0, t_eps) + normal_log_prob(z0)
+    return cross_entropy(model, terms, z0, t_eps) + model.sde.prior_logp(z0)
 
 
 @dataclass
