@@ -43,7 +43,7 @@ def bare_stage1(trainer: Trainer, x: torch.Tensor) -> None:
     terms = trainer.model.vae.loss(x)
     loss = terms["loss"]
     if trainer.t.get("score_in_stage1"):
-        z0 = trainer.model.vae.concat_top(terms["eps"]).detach()
+        z0 = trainer.model.vae.pack(terms["eps"]).detach()
         loss = loss + score_loss(trainer.model, z0, trainer.t.scheme_p, trainer.cfg.sde.t_eps).mean()
     loss.backward()
     trainer.model.zero_grad(set_to_none=True)

@@ -48,7 +48,7 @@ def build_model(cfg: Mapping, data_shape, levels: int | None) -> LSGM:
     """The LSGM model of a run config (root config with `sde`, `vae`, `score`, optional `condition`)."""
     sde = build_sde(cfg["sde"])
     vae = build_vae(cfg["vae"], data_shape, levels)
-    latent_shape = tuple(vae.top_shape) if vae is not None else tuple(data_shape)
+    latent_shape = tuple(vae.latent_shape) if vae is not None else tuple(data_shape)
     score = plain(cfg["score"])
     condition = build_condition(plain(cfg["condition"]) if cfg.get("condition") else None, data_shape, latent_shape)
     net = ScoreNet(in_channels=latent_shape[0], image_size=latent_shape[1], **score.get("net", {}),

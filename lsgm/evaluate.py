@@ -1,9 +1,9 @@
 """Evaluation of trained models: likelihood bounds in bits/dim, samples, and the `python -m lsgm.evaluate` entry.
 
 NLL by model kind (D = C·H·W data dimensions, bits/dim = nats/(D ln 2)):
-    LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_top,i) Π_lower p(z_l,i|z_<l,i) / q(z_i|x),  z_i ~ q(z|x),
-                with log p_ODE the probability-flow ODE likelihood of the top latents (Hutchinson trace), which
-                are the top scale's prior-standardised ε (q their density, see `LSGM.latent_terms`);
+    LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_i) / q(z_i|x),  z_i ~ q(z|x),
+                with log p_ODE the probability-flow ODE likelihood of the latents (Hutchinson trace), which
+                are every group's prior-standardised ε (q their density, see `LSGM.latent_terms`);
     VAE alone   its importance-weighted bound with the VAE's own prior;
     pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1);
     DDPM        its variational bound L_T + Σ_t L_{t−1} + L_0 with the discrete decoder (T network calls).
@@ -97,12 +97,12 @@ def _ode_options(options: dict) -> dict:
 
 @torch.no_grad()
 def latent_nll(model, x: torch.Tensor, k: int = 1, **ode_options) -> tuple[torch.Tensor, int]:
-    """LSGM's importance-weighted bound per image (nats) with the ODE likelihood of the top latents."""
+    """LSGM's importance-weighted bound per image (nats) with the ODE likelihood of the latents."""
     images = x.repeat(k, *([1] * (x.dim() - 1)))
     out = model.vae(images)
     latents = model.latent_terms(out)
-    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, latents.z_top, **_ode_options(ode_options))
-    log_w = out.dist.log_prob(images) + log_prior + latents.log_p_lower - latents.log_q
+    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, latents.z, **_ode_options(ode_options))
+    log_w = out.dist.log_prob(images) + log_prior - latents.log_q
     return math.log(k) - torch.logsumexp(log_w.view(k, x.shape[0]), 0), nfe
 
 
@@ -144,11 +144,11 @@ def diffusion_chain(model, T: int = 1000):
 @torch.no_grad()
 def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
                     generator: torch.Generator | None = None) -> tuple[dict, RateDistortion]:
-    """DDPM's bound term by term for x (pixel models) or for the top latents of one posterior sample (LSGM).
+    """DDPM's bound term by term for x (pixel models) or for the latents of one posterior sample (LSGM).
 
     Pixel space: L = L_T + Σ L_{t−1} + L_0 with a Gaussian decoder discretised to the data's levels.
     LSGM: the chain's bound on −log p(z_0) (Gaussian decoder density on the latent) enters
-    −log p(x) ≤ −log p(x|z) + log q(z|x) + L(z_top) − Σ_lower log p(z_l|z_<l); progressive coding's
+    −log p(x) ≤ −log p(x|z) + log q(z|x) + L(z); progressive coding's
     distortion is measured after decoding x̂ = E p(x | ẑ_0) and its rate is converted to bits per data dimension.
     Returns the summary (bits/dim) and the rate–distortion table.
     """
@@ -160,23 +160,23 @@ def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None
         return bound.summary(), bound.rate_distortion()
     out = model.vae(x)
     latents = model.latent_terms(out)
-    z_top = latents.z_top
+    z = latents.z
     scale = (model.levels - 1) / 2
 
     def decoded_error(z_hat, index):
         images = model.decode(z_hat.to(x.dtype), mean=True)
         return ((images - x[index]).double() * scale).pow(2).flatten(1).mean(1)
 
-    bound = vlb.variational_bound(eps_fn, schedule, z_top, None, num_steps=num_steps, batch_size=batch_size,
+    bound = vlb.variational_bound(eps_fn, schedule, z, None, num_steps=num_steps, batch_size=batch_size,
                                   generator=generator, distortion=decoded_error)
-    rest = -out.dist.log_prob(x) + latents.log_q - latents.log_p_lower
+    rest = -out.dist.log_prob(x) + latents.log_q
     total = bound.total + rest
     summary = {"total_bits_per_dim": nats_to_bits_per_dim(total.mean(), dims).item(),
                "total_bits_per_dim_stderr": nats_to_bits_per_dim(total.std() / math.sqrt(len(total)), dims).item(),
                "latent_prior_bits_per_dim": nats_to_bits_per_dim(bound.total.mean(), dims).item(),
                "decoder_entropy_lower_bits_per_dim": nats_to_bits_per_dim(rest.mean(), dims).item()}
     table = bound.rate_distortion()
-    latent_to_data = z_top[0].numel() / dims
+    latent_to_data = z[0].numel() / dims
     table = dataclasses.replace(table, rate=table.rate * latent_to_data, term=table.term * latent_to_data)
     return summary, table
 
@@ -188,7 +188,7 @@ def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
     x_{t−1} ~ q(x_{t−1}|x_t, x_0); at each of `steps` the prediction x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t, in data
     space (decoded for LSGM). Returns one (B, C, H, W) tensor per step, in the order of `steps`."""
     schedule, eps_fn = diffusion_chain(model, T)
-    x0 = x if model.vae is None else model.encode_top(x)
+    x0 = x if model.vae is None else model.encode(x)
     wanted = {int(s) for s in steps}
     noise = lambda: torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # noqa: E731
     x_t = schedule.q_sample(x0, schedule.T, noise())

@@ -1,15 +1,18 @@
-"""LSGM: a VAE whose prior over its top-scale latents is a score-based model (Vahdat et al. 2021).
+"""LSGM: a VAE whose prior over all of its latents is a score-based model (Vahdat et al. 2021).
 
-The score model sees the top scale in the VAE's prior-standardised coordinates ε_g = (z_g − μ_p)/σ_p
-(`nvae.model`): there the VAE's own hierarchical prior is exactly N(0, I), so the mixed score's base term
-below reproduces the VAE alone and the network learns only what the VAE's prior misses (LSGM's NVAE
-likewise hands its SGM the ε of every group). Lower scales keep the VAE's conditionals p(z_l | z_<l).
+The score model sees every latent group the decoder uses, in the VAE's prior-standardised coordinates
+ε_g = (z_g − μ_p)/σ_p (`nvae.model`), laid on one grid by `NVAE.pack` (the groups concatenated along channels;
+finer scales moved onto the top grid by space-to-depth). In ε the VAE's own hierarchical prior is exactly N(0, I),
+so the mixed score's base term below reproduces the VAE alone and the network learns only what the VAE's prior
+misses (LSGM's NVAE likewise hands its SGM the ε of every group).
 
 The score model predicts ε with LSGM's mixed parameterisation
-    ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(z_t, t),   α = sigmoid(ℓ), ℓ a learnable logit per channel,
+    ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(a ⊙ z_t, t),   α = sigmoid(ℓ), ℓ a learnable logit per channel,
 whose first term is the exact ε of a N(0, I) prior (its VP marginal is N(0, I) at every t), so the
-network only learns the correction. `vae=None` gives a pixel-space score model (the latent is the
-image); `discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
+network only learns the correction. a ∈ {0, 1} per channel marks the active latent channels (LSGM's
+`drop_inactive_var`): a channel the VAE leaves unused (KL below 0.1 nat) gets ℓ = −15, the N(0, I) base alone,
+and no input to the network. `vae=None` gives a pixel-space score model (the latent is the image);
+`discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from sde import VPSDE, expand_like, sampling
 from .data import to_levels, to_unit_range
 
 
+INACTIVE_LOGIT = -15.0  # LSGM's mixing logit of an inactive channel: α ≈ 3e-7, the N(0, I) base alone
+INACTIVE_KL = 0.1  # nats: a latent channel whose mean KL stays below this is inactive (LSGM's threshold)
+
+
 @dataclass
 class LatentTerms:
     """One posterior draw as LSGM's bound uses it; per-sample terms are (B,) nats."""
 
-    z_top: torch.Tensor  # the score model's latents: the top scale's prior-standardised ε, (B, *latent_shape)
-    log_q: torch.Tensor  # log q(ε_top, z_lower | x)
-    log_p_lower: torch.Tensor  # Σ_lower log p(z_l | z_<l) of the groups outside the score model (0 without any)
+    z: torch.Tensor  # the score model's latents: every group's prior-standardised ε, packed, (B, *latent_shape)
+    log_q: torch.Tensor  # log q(ε | x), all groups
 
 
 class LSGM(nn.Module):
@@ -39,7 +45,7 @@ class LSGM(nn.Module):
     Args:
         score_net: ε'_θ(z_t, t, cond=None, context=None) over tensors of `latent_shape`.
         sde: the VP-SDE of the prior.
-        vae: an `nvae.NVAE` (its top-scale groups are modelled by the SGM) or None for pixel space.
+        vae: an `nvae.NVAE` (all of its latent groups are modelled by the SGM) or None for pixel space.
         data_shape: (C, H, W) of the data; levels: values per pixel of the data.
         mixing_logit_init: initial ℓ (LSGM: −3; −6 for MNIST); `mixed=False` uses ε'_θ alone.
         discrete_steps: T for a DDPM chain (`sde.discretize(T)`), None for continuous time.
@@ -68,9 +74,10 @@ class LSGM(nn.Module):
             raise ValueError("the mixed score is defined for continuous time; set mixed=False for a discrete chain")
         self.score_net, self.sde, self.vae = score_net, sde, vae
         self.data_shape, self.levels = tuple(data_shape), levels
-        self.latent_shape = tuple(vae.top_shape) if vae is not None else self.data_shape
+        self.latent_shape = tuple(vae.latent_shape) if vae is not None else self.data_shape
         channels = self.latent_shape[0]
         self.mixing_logit = nn.Parameter(torch.full((channels,), float(mixing_logit_init))) if mixed else None
+        self.register_buffer("active", torch.ones(channels))  # 0 for channels dropped by `drop_inactive`
         self.schedule = sde.discretize(discrete_steps) if discrete_steps is not None else None
         self.condition = condition
 
@@ -82,14 +89,39 @@ class LSGM(nn.Module):
         """α = sigmoid(ℓ) per channel, or None without mixing."""
         return None if self.mixing_logit is None else torch.sigmoid(self.mixing_logit)
 
+    def channel_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-channel values (C,) shaped to broadcast against `like` (B, C, ...) in its dtype."""
+        return values.to(like.dtype).reshape(1, -1, *([1] * (like.dim() - 2)))
+
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None, context=None) -> torch.Tensor:
-        """ε̂(z_t, t) = (1 − α)σ_t z_t + α ε'_θ(z_t, t) (or ε'_θ alone), t continuous in [0, 1] of shape (B,)."""
-        eps_net = self.score_net(z_t, t, cond, context)
+        """ε̂(z_t, t) = (1 − α)σ_t z_t + α ε'_θ(a ⊙ z_t, t) (or ε'_θ alone), t continuous in [0, 1] of shape (B,)."""
+        eps_net = self.score_net(z_t * self.channel_view(self.active, z_t), t, cond, context)
         if self.mixing_logit is None:
             return eps_net
-        alpha = self.mixing_coefficient().to(z_t.dtype).reshape(1, -1, *([1] * (z_t.dim() - 2)))
+        alpha = self.channel_view(self.mixing_coefficient(), z_t)
         std = expand_like(self.sde.marginal(t)[1], z_t)
         return (1 - alpha) * std * z_t + alpha * eps_net
+
+    @torch.no_grad()
+    def channel_kl(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """The VAE's mean KL per channel of the score model's latents, E_x Σ_{h,w} KL(q(ε|x) ‖ N(0, I)) (C,), over
+        images x (the KL of each packed element is that of its latent element: KL is invariant under z ↔ ε)."""
+        total = torch.zeros(self.latent_shape[0], device=x.device, dtype=torch.float64)
+        for batch in x.split(batch_size):
+            kl = self.vae.pack(self.vae.encode(batch).kl_elements)
+            total += kl.double().sum((0, 2, 3))
+        return (total / x.shape[0]).to(x.dtype)
+
+    def drop_inactive(self, x: torch.Tensor, threshold: float = INACTIVE_KL) -> torch.Tensor:
+        """LSGM's `drop_inactive_var`: channels whose mean KL on images x is below `threshold` nats get the mixing
+        logit −15 and no input to the network (`eps`). Call it in eval mode. Returns the active mask (C,) bool."""
+        if self.vae is None or self.mixing_logit is None:
+            raise ValueError("drop_inactive needs a latent model with the mixed score (score.mixed=true)")
+        active = self.channel_kl(x) >= threshold
+        with torch.no_grad():
+            self.active.copy_(active.to(self.active.dtype))
+            self.mixing_logit[~active] = INACTIVE_LOGIT
+        return active
 
     def condition_inputs(self, y) -> dict:
         """The score network's keyword inputs (`cond`/`context`) for a condition y ({} for none)."""
@@ -129,7 +161,7 @@ class LSGM(nn.Module):
 
         z_1 ~ N(0, temperature²·I) of the latent shape, integrated to t ≈ 0 by `sampler` (any name of
         `sde.sampling.SAMPLERS`, with its options; ddpm/ddim run on the model's chain, T = 1000 for a
-        continuous model), then decoded (the VAE fills its lower groups from its own prior) and put on
+        continuous model), then decoded (every latent group comes from the score model) and put on
         the data's grid of `levels` values in [−1, 1]. With `prior="vae"` (default: the model's own `prior`)
         the VAE samples from its own prior instead (no network evaluations of the score model). `y` conditions
         a conditional model (class labels (n,), or (images, mask) for a mask condition) with guidance `guidance`.
@@ -141,7 +173,7 @@ class LSGM(nn.Module):
                                                   device=reference.device, dtype=reference.dtype)
         steps = self.schedule.T if self.discrete else 1000
         z, nfe = sampling.sample(self.eps_fn(y, guidance), self.sde, z_T, sampler, T=steps, **options)
-        return self.to_data_grid(self.decode(z, temperature, mean)), nfe
+        return self.to_data_grid(self.decode(z, mean)), nfe
 
     def to_data_grid(self, x: torch.Tensor) -> torch.Tensor:
         """x rounded to the nearest of the data's `levels` values in [−1, 1] (continuous data: unchanged)."""
@@ -156,30 +188,25 @@ class LSGM(nn.Module):
         return self.schedule if self.discrete else self.sde.discretize(T)
 
     def latent_terms(self, out) -> LatentTerms:
-        """Split a VAE pass (`nvae.VAEOutput`) into the score model's latents and the bound's other latent terms."""
-        top = self.vae.num_top_groups
-        log_q = torch.stack(out.log_q_eps[:top] + out.log_q[top:], 1).sum(1)
-        log_p_lower = torch.stack(out.log_p[top:], 1).sum(1) if len(out.log_p) > top else torch.zeros_like(log_q)
-        return LatentTerms(self.vae.concat_top(out.eps), log_q, log_p_lower)
+        """A VAE pass (`nvae.VAEOutput`) as the score model's latents (every group's ε, packed) and their log q."""
+        return LatentTerms(self.vae.pack(out.eps), torch.stack(out.log_q_eps, 1).sum(1))
 
-    def decoder(self, z_top: torch.Tensor, temperature: float = 1.0):
-        """p(x | z) of a latent model given its top latents (prior-standardised ε), the lower groups drawn from the
-        VAE's own conditional prior with their std scaled by `temperature` (0: at their prior means, a
-        deterministic function of z_top)."""
-        groups = self.vae.split_top(z_top) + [None] * (len(self.vae.group_shapes) - self.vae.num_top_groups)
-        return self.vae.decode(groups, temperature, space="eps")
+    def decoder(self, z: torch.Tensor):
+        """p(x | z) of a latent model for the score model's latents z (every group's ε, packed): a deterministic
+        function of z."""
+        return self.vae.decode(self.vae.unpack(z), space="eps")
 
-    def decode(self, z_top: torch.Tensor, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
-        """Images from top-scale latents: x ~ p(x | z) (or its mean) of `decoder`; in pixel space the latent is the
-        image (clamped to [−1, 1] for discrete data)."""
+    def decode(self, z: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """Images from the score model's latents: x ~ p(x | z) (or its mean) of `decoder`; in pixel space the latent
+        is the image (clamped to [−1, 1] for discrete data)."""
         if self.vae is None:
-            return z_top if self.levels is None else z_top.clamp(-1, 1)
-        dist = self.decoder(z_top, temperature)
+            return z if self.levels is None else z.clamp(-1, 1)
+        dist = self.decoder(z)
         return dist.mean() if mean else dist.sample()
 
-    def encode_top(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
-        """A posterior sample (mean: the chain of posterior means) of the top-scale latents as the score model sees
-        them (prior-standardised ε); the image itself in pixel space."""
+    def encode(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """A posterior sample (mean: the chain of posterior means) of the latents as the score model sees them
+        (every group's prior-standardised ε, packed); the image itself in pixel space."""
         if self.vae is None:
             return x
-        return self.vae.concat_top(self.vae.encode(x, mean).eps)
+        return self.vae.pack(self.vae.encode(x, mean).eps)

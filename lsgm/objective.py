@@ -1,9 +1,8 @@
 """LSGM's training objectives, with every term returned for logs and tests.
 
-For data x, posterior q(z|x) and an SGM prior over the top-scale latents z_top (in the VAE's prior-standardised
-coordinates ε, see `lsgm.model`; the other groups keep the VAE's own Normal conditionals p(z_l|z_<l)), the
-negative ELBO is
-    −ELBO(x) = −log p(x|z) + log q(z|x) + CE(q(z_top|x) ‖ p_SGM) − Σ_lower log p(z_l|z_<l).
+For data x, posterior q(z|x) and an SGM prior over all of the latents z (every group in the VAE's
+prior-standardised coordinates ε, packed on one grid, see `lsgm.model`), the negative ELBO is
+    −ELBO(x) = −log p(x|z) + log q(z|x) + CE(q(z|x) ‖ p_SGM).
 The cross-entropy of the diffused latent z_ε against the SGM's marginal is, by denoising score matching,
     CE = ∫_ε^1 w_ll(t) E‖ε − ε̂(z_t, t)‖² dt + C(z_0),   w_ll = β/(2σ²_t),
     C(z_0) = D/2 [log 2π + σ²_1 − log σ²_1 + log σ²_ε] + ½ m_1² ‖z_0‖²,
@@ -23,10 +22,10 @@ starts, and its variance grows with the network's correction only.
 
 The bound is estimated with the VAE's analytic KLs. In ε the VAE's own prior is N(0, I), and the KL is invariant
 under z ↔ ε, so E_q[log q − log p] over every group is Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), and
-    −ELBO(x) = −log p(x|z) + Σ_g KL_g + excess(z_top),   excess = CE(q ‖ p_SGM) − CE(q ‖ N(0, I)),
+    −ELBO(x) = −log p(x|z) + Σ_g KL_g + excess(z),   excess = CE(q ‖ p_SGM) − CE(q ‖ N(0, I)),
 the VAE-alone objective plus the SGM's excess cross-entropy (negative where the SGM beats the VAE's prior),
-estimated per sample as the CE estimate above + log N(z_top; 0, I). Same mean as the single-sample
-log q + CE − Σ log p, without the single-sample entropy's noise: a joint model whose SGM has learned nothing
+estimated per sample as the CE estimate above + log N(z; 0, I). Same mean as the single-sample
+log q + CE, without the single-sample entropy's noise: a joint model whose SGM has learned nothing
 trains exactly like the VAE alone.
 """
 
@@ -115,7 +114,7 @@ class JointLoss:
 
     recon: torch.Tensor  # −log p(x|z)
     kl: torch.Tensor  # Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), the VAE's own prior, every group
-    prior_excess: torch.Tensor  # CE of the top latents under the SGM minus under N(0, I) (DSM estimate)
+    prior_excess: torch.Tensor  # CE of the latents under the SGM minus under N(0, I) (DSM estimate)
     dsm: torch.Tensor  # the score model's weighted DSM term
     nelbo: torch.Tensor  # recon + kl + prior_excess
     loss_vae: torch.Tensor  # minimised over the VAE's parameters
@@ -144,7 +143,7 @@ def joint_loss(
     `draws` (t, ε) pairs per latent average both DSM estimates.
     """
     out = model.vae(x)
-    z0 = model.latent_terms(out).z_top
+    z0 = model.latent_terms(out).z
     recon = -out.dist.log_prob(x)
     kl = torch.stack(out.kl, 1).sum(1)
 

@@ -38,6 +38,7 @@ from .log import RunLogger
 from .objective import joint_loss, score_loss
 
 MODES = ("joint", "disjoint", "vae")
+ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
 
 
 @dataclass
@@ -202,10 +203,10 @@ class Trainer:
                 return scalars, loss_vae, None
             # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
             # fitted prior instead of an untrained network
-            z0 = self.vae.concat_top(terms["eps"]).detach()
+            z0 = self.vae.pack(terms["eps"]).detach()
         elif phase == "disjoint":
             with torch.no_grad():
-                z0 = self.model.encode_top(x)
+                z0 = self.model.encode(x)
         loss_score = score_loss(self.model, z0, t.scheme_p, self.cfg.sde.t_eps, self._condition_inputs(x, y)).mean()
         return {**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score
 
@@ -216,9 +217,29 @@ class Trainer:
         limit = self.t.grad_clip if self.t.grad_clip else math.inf
         return torch.nn.utils.clip_grad_norm_(parameters, limit)
 
+    @torch.no_grad()
+    def drop_inactive_channels(self) -> dict:
+        """LSGM's drop_inactive_var (`LSGM.drop_inactive`) on the stage-1 VAE's latents, with the KL per channel
+        averaged over the first training images; its RNG draws do not touch the training streams."""
+        x = self.data["train"].x[:ACTIVE_CHANNEL_IMAGES].to(self.device)
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(self.cfg.seed)
+            self.model.eval()
+            active = self.model.drop_inactive(x)
+        count = int(active.sum())
+        if self.context.is_main:
+            print(f"drop_inactive_var: {count} of {active.numel()} latent channels active (KL ≥ 0.1 nat)")
+        return {"active_channels": count}
+
+    def _starts_score_prior(self, phase: str, step: int) -> bool:
+        """Whether this step is the first of the joint (or disjoint) phase after a stage 1 of the VAE."""
+        return phase in ("joint", "disjoint") and step == self.t.stage1_steps > 0
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
         phase = self.phase(step)
+        dropped = self.drop_inactive_channels() if self.t.get("drop_inactive_var") and \
+            self._starts_score_prior(phase, step) else {}
         self._set_learning_rates(phase, step)
         kl_weight = self._kl_weight(step)
         self.model.train()
@@ -250,7 +271,7 @@ class Trainer:
             lrs["lr_vae"] = self.vae_optimizer.param_groups[0]["lr"]
         mixing = self.model.mixing_coefficient()
         extra = {"mixing_alpha": mixing.detach().mean()} if mixing is not None else {}
-        return {**scalars, **lrs, **extra, "kl_weight": kl_weight, "grad_norm_vae": grad_vae,
+        return {**scalars, **lrs, **extra, **dropped, "kl_weight": kl_weight, "grad_norm_vae": grad_vae,
                 "grad_norm_score": grad_score, "skipped": self.progress.skipped, "phase": phase}
 
     # --- evaluation during training -------------------------------------------------------------------

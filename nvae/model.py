@@ -13,6 +13,10 @@ hierarchical prior is exactly N(0, I) and the prior's conditionals become part o
 (z_g = mu_p(z_<g) + sigma_p(z_<g) eps_g). The map is triangular with Jacobian prod_g sigma_p, so
 log q(eps_g | x, eps_<g) = log q(z_g | x, z_<g) + sum log sigma_p. LSGM's score model lives in these
 coordinates: its N(0, I) base is then the VAE's own prior, not a weaker replacement for it.
+
+``pack`` lays every group on the top scale's grid (space-to-depth of the finer scales, concatenated along
+channels), so that one tensor of ``latent_shape`` carries all of the latents the decoder uses; with a single scale
+it is the groups concatenated along channels, as in LSGM's own recipes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nvae.cells import DecoderCell, EncoderCell
 from nvae.distributions import DiscreteImageDistribution, Normal, output_distribution, output_param_channels
@@ -51,7 +56,8 @@ class Latents:
     log_std: list[torch.Tensor]
     log_q: list[torch.Tensor]  # log q(z_g | x, z_<g) at the sample
     log_p: list[torch.Tensor]  # log p(z_g | z_<g) under the VAE's own prior
-    kl: list[torch.Tensor]  # analytic KL(q(z_g | x, z_<g) || p(z_g | z_<g))
+    kl: list[torch.Tensor]  # analytic KL(q(z_g | x, z_<g) || p(z_g | z_<g)), summed over the group
+    kl_elements: list[torch.Tensor]  # the same KL per latent element, (B, C, H, W)
     eps: list[torch.Tensor]  # prior-standardised eps_g = (z_g - mu_p) / sigma_p
     log_q_eps: list[torch.Tensor]  # log q(eps_g | x, eps_<g) = log q(z_g | x, z_<g) + sum log sigma_p
 
@@ -153,8 +159,8 @@ class NVAE(nn.Module):
         area = torch.tensor([float(s.size**2) for s in self.specs])
         alpha = area / torch.tensor([float(groups[s.scale]) for s in self.specs])
         self.register_buffer("kl_alpha", alpha / alpha.min(), persistent=False)  # relative group sizes
-        self.num_top_groups = groups[0]
-        self.top_shape = (groups[0] * latent_channels, self.specs[0].size, self.specs[0].size)
+        top_size = self.specs[0].size
+        self.latent_shape = (sum(latent_channels * (s.size // top_size) ** 2 for s in self.specs), top_size, top_size)
 
     def _width(self, downs: int) -> int:
         """Channels after ``downs`` halvings of the resolution."""
@@ -213,13 +219,25 @@ class NVAE(nn.Module):
         """(C, H, W) of every latent group, top first."""
         return [g.shape for g in self.groups]
 
-    def concat_top(self, z: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The top scale's groups concatenated along channels: (B, *top_shape)."""
-        return torch.cat(list(z[: self.num_top_groups]), dim=1)
+    def _pack_factors(self) -> list[int]:
+        """r_g = (group resolution) / (top resolution) for every group, top first."""
+        return [spec.size // self.specs[0].size for spec in self.specs]
 
-    def split_top(self, z_top: torch.Tensor) -> list[torch.Tensor]:
-        """Inverse of ``concat_top``: the list of top-scale groups."""
-        return list(z_top.chunk(self.num_top_groups, dim=1))
+    def pack(self, z: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Every group on the top scale's grid, (B, *latent_shape): a group of C channels at r·h × r·w is moved
+        lossless to C·r² channels at h × w by space-to-depth (pixel_unshuffle, r = 1 on the top scale), and the
+        groups are concatenated along channels, top first. ``unpack`` inverts it exactly."""
+        if len(z) != len(self.specs):
+            raise ValueError(f"pack needs all {len(self.specs)} latent groups, got {len(z)}")
+        return torch.cat([F.pixel_unshuffle(z_g, r) for z_g, r in zip(z, self._pack_factors())], dim=1)
+
+    def unpack(self, packed: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of ``pack``: the list of groups at their own resolutions, top first."""
+        factors = self._pack_factors()
+        sizes = [shape[0] * r**2 for shape, r in zip(self.group_shapes, factors)]
+        if packed.dim() != 4 or tuple(packed.shape[1:]) != self.latent_shape:
+            raise ValueError(f"unpack needs (B, *{self.latent_shape}), got {tuple(packed.shape)}")
+        return [F.pixel_shuffle(part, r) for part, r in zip(packed.split(sizes, dim=1), factors)]
 
     def _encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Bottom-up pass: one feature map per group, returned top first."""
@@ -252,7 +270,9 @@ class NVAE(nn.Module):
             latents.log_std.append(q.log_std)
             latents.log_q.append(log_q)
             latents.log_p.append(prior.log_prob(z).flatten(1).sum(1))
-            latents.kl.append(q.kl(prior).flatten(1).sum(1))
+            kl = q.kl(prior)
+            latents.kl_elements.append(kl)
+            latents.kl.append(kl.flatten(1).sum(1))
             latents.eps.append((z - prior.mu) / prior.std)
             latents.log_q_eps.append(log_q + prior.log_std.flatten(1).sum(1))
             h = group.merge(h, z)

@@ -124,7 +124,7 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
 
         −Σ_{known i} log p(x_i | z) + ½‖z − z_R‖²,
 
-    the decoder's likelihood of the known pixels (`LSGM.decoder` at temperature 0) held near the score model's
+    the decoder's likelihood of the known pixels (`LSGM.decoder`) held near the score model's
     sample by a unit Gaussian around it."""
     start = z.detach()
     z = start.clone().requires_grad_(True)
@@ -133,7 +133,7 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            log_likelihood = (model.decoder(z, temperature=0.0).log_prob_elementwise(x) * known).sum()
+            log_likelihood = (model.decoder(z).log_prob_elementwise(x) * known).sum()
             loss = -log_likelihood + 0.5 * (z - start).pow(2).sum()
             loss.backward()
             optimizer.step()
@@ -153,8 +153,8 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
 
     Pixel space: RePaint on the pixels, x̂_0 clipped to [−1, 1] for discrete data. Latent space (LSGM):
     the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
-    top latents; a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
-    (`latent_mask`); RePaint runs on the latents, which are decoded (`LSGM.decode` at temperature 0, the mean) after
+    latents (all groups, packed); a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
+    (`latent_mask`); RePaint runs on the latents, which are decoded (`LSGM.decode`, the mean) after
     `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back. The defaults are
     measured ones: on 8×8 digits (a 2×2 latent grid) few latent cells are entirely known, and without the
     consistency step the completion missed the unknown pixels by more than a fill with the train mean did;
@@ -167,12 +167,12 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
         if model.vae is None:
             completed, _ = repaint(model.eps_fn(), chain, x, mask, times, clip_range(model))
         else:
-            z_known = model.encode_top(fill_unknown(x, mask), mean=True)
+            z_known = model.encode(fill_unknown(x, mask), mean=True)
             z_mask = latent_mask(mask, model.latent_shape, latent_threshold)
             z, _ = repaint(model.eps_fn(), chain, z_known, z_mask, times)
             if consistency_steps:
                 z = fit_known_pixels(model, z, x, mask, consistency_steps)
-            completed = model.decode(z, temperature=0.0, mean=True)
+            completed = model.decode(z, mean=True)
     return mask * x + (1 - mask) * model.to_data_grid(completed)
 
 

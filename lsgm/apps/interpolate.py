@@ -10,7 +10,7 @@ seed, or a list of index pairs [[i,j],...]) and writes a PNG grid with one row p
 DDPM (Ho et al. 2020, §4.4): encode both sources to step t of the chain with the same noise ε,
 x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and x'_t = √ᾱ_t x'_0 + √(1 − ᾱ_t) ε, mix x̄_t = (1 − λ) x_t + λ x'_t, and decode x̄_t
 to x̄_0 by the ancestral chain from step t. Small t keeps the sources (t = 0 is the plain mixture), large t
-forgets them (at t = T they only set the starting noise). An LSGM does this on the top latents of the images
+forgets them (at t = T they only set the starting noise). An LSGM does this on the latents of the images
 (posterior means) and decodes at the end. The deterministic variant (`interpolate_ode`, method=ode) encodes the
 sources by the probability-flow ODE to z_1, interpolates spherically and decodes by the ODE.
 """
@@ -48,7 +48,7 @@ def check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
 
 def to_images(model, z: torch.Tensor) -> torch.Tensor:
     """(L, B, …) latents decoded to images on the data grid, returned as (B, L, C, H, W)."""
-    images = model.to_data_grid(model.decode(z.flatten(0, 1), temperature=0.0, mean=True))
+    images = model.to_data_grid(model.decode(z.flatten(0, 1), mean=True))
     return images.unflatten(0, z.shape[:2]).transpose(0, 1)
 
 
@@ -80,7 +80,7 @@ def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, t: int, lambdas, seed
         raise ValueError(f"t must be an integer step of the model's chain, 0..{chain.T}; got {t!r}")
     weights = lambda_weights(lambdas, x0)
     with seeded(seed):
-        z0, z1 = model.encode_top(x0, mean=True), model.encode_top(x1, mean=True)
+        z0, z1 = model.encode(x0, mean=True), model.encode(x1, mean=True)
         if t > 0:
             noise = torch.randn_like(z0)
             z0, z1 = chain.schedule.q_sample(z0, t, noise), chain.schedule.q_sample(z1, t, noise)
@@ -101,11 +101,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tens
 @torch.no_grad()
 def interpolate_ode(model, x0: torch.Tensor, x1: torch.Tensor, lambdas, **ode_options) -> torch.Tensor:
     """Images (B, L, C, H, W): the sources encoded by the probability-flow ODE to z_1 (`sde.likelihood.ode_encode`,
-    in an LSGM from their top latents), interpolated by `slerp`, and decoded by the ODE (`ode_decode`);
+    in an LSGM from their latents), interpolated by `slerp`, and decoded by the ODE (`ode_decode`);
     `ode_options` (method, rtol, atol, t_eps, steps) go to both. Deterministic."""
     check_pair(x0, x1)
     eps_fn = model.eps_fn()
-    encoded, _ = ode_encode(eps_fn, model.sde, model.encode_top(torch.cat([x0, x1]), mean=True), **ode_options)
+    encoded, _ = ode_encode(eps_fn, model.sde, model.encode(torch.cat([x0, x1]), mean=True), **ode_options)
     z1_0, z1_1 = encoded.chunk(2)
     mixed = slerp(z1_0, z1_1, lambda_weights(lambdas, x0))
     z, _ = ode_decode(eps_fn, model.sde, mixed.flatten(0, 1), **ode_options)

@@ -157,8 +157,10 @@ def test_npz_path_gives_the_tensor_numbers(tmp_path, classifier, test_split):
     from_tensor = quality.sample_quality(images, digits_classifier=classifier)
     from_file = quality.npz_sample_quality(tmp_path / "samples.npz", digits_classifier=classifier)
     assert from_file.keys() == from_tensor.keys()
-    for name, value in from_tensor.items():  # the file's images come back permuted: float32 round-off only
-        assert from_file[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+    # the file's images come back permuted: float32 round-off of the features only, which FD (a difference of traces
+    # ~10² times its value here) magnifies to ~2e-6 relative; 1e-5 leaves headroom across BLAS builds
+    for name, value in from_tensor.items():
+        assert from_file[name] == pytest.approx(value, rel=1e-5, abs=1e-9)
 
 
 def test_quality_command_line_writes_json(tmp_path, capsys):

@@ -142,11 +142,10 @@ def test_ddpm_special_case_loss_is_l_simple():
 
 
 class TinyVAE(nn.Module):
-    """A two-group stand-in with the NVAE output interface and hand-checkable numbers; the score model must see the
-    top group's prior-standardised ε (not z), and the bound takes the VAE's analytic KLs."""
+    """A two-group stand-in with the NVAE output interface and hand-checkable numbers; the score model must see
+    every group's prior-standardised ε (not z), and the bound takes the VAE's analytic KLs."""
 
-    num_top_groups = 1
-    top_shape = (2, 1, 1)
+    latent_shape = (3, 1, 1)
     group_shapes = [(2, 1, 1), (1, 1, 1)]
 
     def forward(self, x):
@@ -160,8 +159,8 @@ class TinyVAE(nn.Module):
                                log_q=[per_sample(-1.5), per_sample(0.2)], log_q_eps=[per_sample(-2.5), per_sample(5.0)],
                                log_p=[per_sample(-9.0), per_sample(-0.7)], dist=dist)
 
-    def concat_top(self, z):
-        return z[0]
+    def pack(self, z):
+        return torch.cat(z, 1)
 
 
 def test_joint_loss_terms_by_hand():
@@ -172,16 +171,16 @@ def test_joint_loss_terms_by_hand():
     loss = joint_loss(model, x, kl_weight=0.5, scheme_p="ll_iw", t_eps=1e-2)
     torch.manual_seed(2)
     draw = sde.sample_time(vp, "ll_iw", 3, 1e-2)
-    noise = torch.randn(3, 2, 1, 1)
-    z0 = torch.tensor([0.5, -1.0]).reshape(1, 2, 1, 1)
+    noise = torch.randn(3, 3, 1, 1)
+    z0 = torch.tensor([0.5, -1.0, 1.75]).reshape(1, 3, 1, 1)  # ε of both groups: the second is 7 · 0.25
     mean_coeff, std = vp.marginal(draw.t)
     z_t = mean_coeff[:, None, None, None] * z0 + std[:, None, None, None] * noise
     eps_hat = 0.5 * std[:, None, None, None] * z_t  # α = sigmoid(0) = ½, network 0
     squared_error = (noise - eps_hat).pow(2).sum((1, 2, 3))
     base_squared_error = (noise - std[:, None, None, None] * z_t).pow(2).sum((1, 2, 3))
     m_eps, v_eps = vp.marginal(1e-2)[0].item(), vp.var(1e-2).item()
-    normal_cross_entropy = 0.5 * (2 * (math.log(2 * math.pi) + v_eps) + m_eps**2 * 1.25)  # ‖z_0‖² = 1.25
-    log_normal = -0.5 * (1.25 + 2 * math.log(2 * math.pi))
+    normal_cross_entropy = 0.5 * (3 * (math.log(2 * math.pi) + v_eps) + m_eps**2 * 4.3125)  # ‖z_0‖² = 4.3125
+    log_normal = -0.5 * (4.3125 + 3 * math.log(2 * math.pi))
     excess = draw.weight_ll * (squared_error - base_squared_error) + normal_cross_entropy + log_normal
     assert torch.allclose(loss.recon, torch.full((3,), 4 * 0.25))
     assert torch.allclose(loss.kl, torch.full((3,), 1.5))
@@ -207,7 +206,7 @@ def test_a_joint_model_at_the_normal_base_has_the_vae_bound():
     torch.manual_seed(1)
     vae_terms = vae.loss(x, kl_balance=False)
     torch.manual_seed(1)
-    z0 = vae.concat_top(vae(x).eps)
+    z0 = vae.pack(vae(x).eps)
     m_eps, v_eps = vp.marginal(1e-2)[0].item(), vp.var(1e-2).item()
     t_eps_term = 0.5 * ((m_eps**2 - 1) * z0.flatten(1).pow(2).sum(1) + z0[0].numel() * v_eps)
     assert torch.allclose(loss.nelbo, -vae_terms["elbo_nats"] + t_eps_term, atol=1e-4)

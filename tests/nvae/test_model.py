@@ -31,16 +31,30 @@ def test_output_lists_follow_the_groups_top_first(vae, digits):
     assert [tuple(z.shape[1:]) for z in out.z] == vae.group_shapes == [(2, 2, 2), (2, 4, 4)]
     assert all(t.shape == (5,) for t in out.log_q + out.log_p + out.kl)
     assert all((kl >= 0).all() for kl in out.kl)
-    assert vae.num_top_groups == 1 and vae.top_shape == (2, 2, 2)
+    assert vae.latent_shape == (2 + 2 * 4, 2, 2)  # the finer group's 2×4×4 moved onto the 2×2 top grid
+    assert [tuple(kl.shape) for kl in out.kl_elements] == [(5, *shape) for shape in vae.group_shapes]
+    for kl, elements in zip(out.kl, out.kl_elements):
+        torch.testing.assert_close(elements.flatten(1).sum(1), kl)
 
 
-def test_concat_and_split_top():
+def test_pack_is_space_to_depth_and_unpack_inverts_it():
+    """Every group reaches the packed tensor once: a finer group's 2×2 block at (2i + a, 2j + b) lands on top cell
+    (i, j), channel c·4 + 2a + b; unpack restores the groups bit for bit."""
     torch.manual_seed(0)
     vae = nvae.NVAE(**{**TINY, "groups_per_scale": [3, 1]})
     z = [torch.randn(4, *shape) for shape in vae.group_shapes]
-    top = vae.concat_top(z)
-    assert top.shape == (4, *vae.top_shape) == (4, 6, 2, 2)
-    assert all(torch.equal(a, b) for a, b in zip(vae.split_top(top), z[:3]))
+    packed = vae.pack(z)
+    assert packed.shape == (4, *vae.latent_shape) == (4, 3 * 2 + 2 * 4, 2, 2)
+    assert torch.equal(packed[:, :6], torch.cat(z[:3], 1))
+    fine = z[3]
+    for c, a, b, i, j in [(0, 0, 0, 0, 0), (1, 1, 0, 1, 1), (0, 1, 1, 0, 1), (1, 0, 1, 1, 0)]:
+        assert torch.equal(packed[:, 6 + c * 4 + 2 * a + b, i, j], fine[:, c, 2 * i + a, 2 * j + b])
+    assert all(torch.equal(a, b) for a, b in zip(vae.unpack(packed), z))
+    assert sorted(packed.flatten().tolist()) == sorted(torch.cat([g.flatten() for g in z]).tolist())
+    with pytest.raises(ValueError, match="all 4 latent groups"):
+        vae.pack(z[:3])
+    with pytest.raises(ValueError, match="unpack needs"):
+        vae.unpack(packed[:, :5])
 
 
 def test_decode_uses_given_latents_and_samples_the_rest(vae, digits):
