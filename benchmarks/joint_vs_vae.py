@@ -1,20 +1,18 @@
 """LSGM joint vs the VAE alone under the same training budget, compared image by image on the test split.
 
-    python benchmarks/joint_vs_vae.py --train --seeds 0 1 2 --out /tmp/joint_vs_vae   # train both per seed, compare
-    python benchmarks/joint_vs_vae.py vae=digits_flat --train                          # hydra overrides go to both
-    python benchmarks/joint_vs_vae.py --runs VAE_RUN LSGM_RUN ...                      # compare finished runs
+    python benchmarks/joint_vs_vae.py --train --seeds 0 1 2 --out /tmp/joint_vs_vae   # train three per seed, compare
+    python benchmarks/joint_vs_vae.py --train --steps 1000                            # another budget for every run
+    python benchmarks/joint_vs_vae.py --runs REFERENCE_RUN OTHER_RUN ...              # compare finished runs
 
-`--train` runs `train_joint.py` per seed with the same data and step budget: `experiment=digits` (LSGM: VAE-alone
-stage 1, then joint) and `experiment=digits_vae` (the VAE alone for every step), side by side, one thread each. Each
-run's best checkpoint (by validation bound) is scored on the same test images with the same importance sample
-count k: the ODE bound for LSGM, the IWAE bound for the VAE. Both bounds are per image, so each seed's difference
-comes with its paired standard error over images; across seeds the mean difference comes with the spread of the
-per-seed differences, which also carries the training noise (seed to seed, ~0.005 bits/dim here).
-
-Measured (2 shared CPU cores, 2200 steps, k = 4, test bits/dim):
-    hierarchical digits VAE   seed 0: VAE 1.7864, LSGM 1.7823;  seed 1: 1.7797, 1.7792;  seed 2: 1.7802, 1.7832;
-                              LSGM − VAE −0.0005 ± 0.0021 over the seeds (a tie: the score model learns nothing there)
-    vae=digits_flat           seed 0: VAE 1.9405, LSGM 1.8435 (−0.097: the score prior fills the N(0, I) prior's hole)
+`--train` runs `train_joint.py` per seed with the same data and step budget (the default preset's, unless
+`--steps`), one thread each, two at a time:
+    vae_alone    `experiment=digits_vae`: the default preset's single-scale VAE alone, with its own prior;
+    lsgm_joint   `experiment=digits`: the same VAE with the score prior over all of its latents (stage 1, then joint);
+    nvae_hier    `experiment=digits_vae vae=digits_hier`: the two-scale NVAE with its learned hierarchical prior.
+Each run's best checkpoint (by validation bound) is scored on the same test images with the same importance sample
+count k: the ODE bound for LSGM, the IWAE bound for the VAEs. Both bounds are per image, so each seed's difference
+comes with its paired standard error over images; across seeds the mean difference comes with the standard error of
+the per-seed differences, which also carries the training noise.
 """
 
 from __future__ import annotations
@@ -33,23 +31,32 @@ from lsgm.build import load_splits
 from lsgm.evaluate import test_nll
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = {"vae_alone": "digits_vae", "lsgm_joint": "digits"}
+PRESETS = {"vae_alone": ["experiment=digits_vae"], "lsgm_joint": ["experiment=digits"],
+           "nvae_hier": ["experiment=digits_vae", "vae=digits_hier"]}
+PARALLEL = 2
 
 
-def train(out: Path, steps: int, seed: int, extra: list[str]) -> list[Path]:
-    """The VAE alone and LSGM at the same budget and seed, run in parallel (one thread each); their run folders."""
-    jobs, runs = [], []
-    for name, experiment in PRESETS.items():
+def train(out: Path, steps: int | None, seed: int, extra: list[str]) -> list[Path]:
+    """Every preset at the same budget and seed, `PARALLEL` at a time (one thread each); their run folders, in the
+    order of PRESETS. A run whose folder already holds a summary is not trained again."""
+    runs, pending = [], []
+    budget = [f"train.steps={steps}"] if steps else []
+    for name, preset in PRESETS.items():
         run = out / f"{name}_seed{seed}"
-        command = [sys.executable, str(ROOT / "train_joint.py"), f"experiment={experiment}", f"seed={seed}",
-                   f"train.steps={steps}", "logger=none", "threads=1", f"hydra.run.dir={run}", *extra]
-        log = open(out / f"{run.name}.log", "w")
-        jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, run))
         runs.append(run)
-    for job, log, run in jobs:
-        if job.wait():
-            raise SystemExit(f"training {run.name} failed: see {log.name}")
-        log.close()
+        if not (run / "summary.json").exists():
+            command = [sys.executable, str(ROOT / "train_joint.py"), *preset, f"seed={seed}", *budget, "logger=none",
+                       "threads=1", f"hydra.run.dir={run}", *extra]
+            pending.append((command, run))
+    for start in range(0, len(pending), PARALLEL):
+        jobs = []
+        for command, run in pending[start:start + PARALLEL]:
+            log = open(out / f"{run.name}.log", "w")
+            jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, run))
+        for job, log, run in jobs:
+            if job.wait():
+                raise SystemExit(f"training {run.name} failed: see {log.name}")
+            log.close()
     return runs
 
 
@@ -91,12 +98,13 @@ def print_rows(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", type=Path, help="finished run folders (the first is the reference)")
-    parser.add_argument("--train", action="store_true", help="train the VAE alone and LSGM joint first")
+    parser.add_argument("--train", action="store_true", help="train the presets of PRESETS per seed first")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (--train)")
-    parser.add_argument("--steps", type=int, default=2200, help="optimizer steps of each run (--train)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of each run (--train; default: "
+                        "the presets' own)")
     parser.add_argument("--out", type=Path, default=Path("joint_vs_vae"), help="folder for the runs (--train)")
     parser.add_argument("--k", type=int, default=4, help="importance samples per test image")
-    parser.add_argument("overrides", nargs="*", help="hydra overrides passed to both trainings (--train)")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides passed to every training (--train)")
     args = parser.parse_args()
     if args.train == bool(args.runs):
         parser.error("give either --train or --runs")
@@ -110,12 +118,27 @@ def main() -> None:
         rows = compare(train(args.out, args.steps, seed, args.overrides), args.k, seed)
         print_rows(rows)
         results.append(rows)
-    differences = torch.tensor([rows[1]["minus_first_bpd"] for rows in results], dtype=torch.float64)
-    if len(differences) > 1:
-        spread = differences.std().item() / math.sqrt(len(differences))
-        print(f"LSGM joint minus VAE alone over {len(differences)} seeds: {differences.mean().item():+.4f} ± "
-              f"{spread:.4f} bits/dim")
+    summarise(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def mean_and_error(values: list[float]) -> str:
+    """'mean ± standard error' over seeds (the mean alone for one seed)."""
+    numbers = torch.tensor(values, dtype=torch.float64)
+    if len(numbers) == 1:
+        return f"{numbers.item():.4f}"
+    return f"{numbers.mean().item():.4f} ± {numbers.std().item() / math.sqrt(len(numbers)):.4f}"
+
+
+def summarise(results: list[list[dict]]) -> None:
+    """A Markdown table over seeds: each preset's test bits/dim, and LSGM joint minus each other preset."""
+    names = list(PRESETS)
+    joint = names.index("lsgm_joint")
+    print(f"\n| model | test bits/dim over {len(results)} seed(s) | LSGM joint minus it |\n|---|---|---|")
+    for index, name in enumerate(names):
+        bpd = [rows[index]["bpd"] for rows in results]
+        gap = "" if index == joint else mean_and_error([rows[joint]["bpd"] - rows[index]["bpd"] for rows in results])
+        print(f"| {name} | {mean_and_error(bpd)} | {gap} |")
 
 
 if __name__ == "__main__":

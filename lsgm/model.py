@@ -7,11 +7,11 @@ so the mixed score's base term below reproduces the VAE alone and the network le
 misses (LSGM's NVAE likewise hands its SGM the ε of every group).
 
 The score model predicts ε with LSGM's mixed parameterisation
-    ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(a ⊙ z_t, t),   α = sigmoid(ℓ), ℓ a learnable logit per channel,
+    ε̂(z_t, t) = (1 − α)·σ_t·z_t + α·ε'_θ(a ⊙ z_t, t),   α = a·sigmoid(ℓ), ℓ a learnable logit per channel,
 whose first term is the exact ε of a N(0, I) prior (its VP marginal is N(0, I) at every t), so the
 network only learns the correction. a ∈ {0, 1} per channel marks the active latent channels (LSGM's
-`drop_inactive_var`): a channel the VAE leaves unused (KL below 0.1 nat) gets ℓ = −15, the N(0, I) base alone,
-and no input to the network. `vae=None` gives a pixel-space score model (the latent is the image);
+`drop_inactive_var`): a channel the VAE leaves unused (KL below 0.1 nat) gets ℓ = −15 as in LSGM, and through a
+exactly the N(0, I) base and no input to the network. `vae=None` gives a pixel-space score model (the latent is the image);
 `discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
 """
 
@@ -86,8 +86,8 @@ class LSGM(nn.Module):
         return self.schedule is not None
 
     def mixing_coefficient(self) -> torch.Tensor | None:
-        """α = sigmoid(ℓ) per channel, or None without mixing."""
-        return None if self.mixing_logit is None else torch.sigmoid(self.mixing_logit)
+        """α = a·sigmoid(ℓ) per channel (a: the active mask), or None without mixing."""
+        return None if self.mixing_logit is None else self.active * torch.sigmoid(self.mixing_logit)
 
     def channel_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-channel values (C,) shaped to broadcast against `like` (B, C, ...) in its dtype."""

@@ -1,0 +1,110 @@
+"""The LSGM model over all of the VAE's latents: packing, the decoder, and drop_inactive_var."""
+
+import pytest
+import torch
+from torch import nn
+
+import nvae
+import sde
+from lsgm.model import INACTIVE_LOGIT, LSGM
+from lsgm.train import Trainer
+
+from .conftest import tiny_config
+
+
+class Recorder(nn.Module):
+    """A score network that returns a fixed ε' and keeps the input it was given."""
+
+    def forward(self, z_t, t, cond=None, context=None):
+        self.seen = z_t.clone()
+        return torch.full_like(z_t, 0.3)
+
+
+def two_scale_model(score_net=None):
+    torch.manual_seed(0)
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=[2, 1], latent_channels=2, dropout=0.0).eval()
+    return LSGM(score_net or Recorder(), sde.VPSDE("geometric"), vae=vae, data_shape=(1, 8, 8), levels=17,
+                mixing_logit_init=0.0)
+
+
+def digits_like(n, seed=0):
+    levels = torch.randint(0, 17, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    return levels.float() / 8 - 1
+
+
+def test_the_score_model_sees_every_group_and_the_decoder_draws_nothing():
+    model = two_scale_model()
+    assert model.latent_shape == (2 * 2 + 2 * 4, 2, 2)  # 2 top groups + the 4x4 group moved onto the 2x2 grid
+    x = digits_like(4)
+    torch.manual_seed(1)
+    out = model.vae(x)
+    terms = model.latent_terms(out)
+    assert torch.equal(model.vae.unpack(terms.z)[2], out.eps[2])
+    torch.testing.assert_close(terms.log_q, sum(out.log_q_eps))
+    torch.manual_seed(2)
+    first = model.decode(terms.z, mean=True)
+    torch.manual_seed(3)
+    assert torch.equal(model.decode(terms.z, mean=True), first)  # a deterministic function of the latents
+    # decoding the posterior draw's ε reproduces the decoder of that very pass
+    torch.testing.assert_close(model.decoder(terms.z).log_prob(x), out.dist.log_prob(x), atol=1e-4, rtol=1e-5)
+
+
+def test_channel_kl_adds_up_to_the_group_kls():
+    model = two_scale_model()
+    x = digits_like(16, seed=4)
+    torch.manual_seed(5)
+    per_channel = model.channel_kl(x)
+    torch.manual_seed(5)
+    groups = model.vae.encode(x)  # the same posterior draws
+    assert per_channel.shape == (12,) and (per_channel >= 0).all()
+    assert per_channel.double().sum().item() == pytest.approx(torch.stack(groups.kl).sum(0).mean().item(), rel=1e-4)
+
+
+def test_drop_inactive_gives_inactive_channels_the_normal_base_and_no_input():
+    net = Recorder()
+    model = two_scale_model(net)
+    x = digits_like(16, seed=6)
+    torch.manual_seed(7)
+    kl = model.channel_kl(x)
+    threshold = kl.median().item()
+    torch.manual_seed(7)
+    active = model.drop_inactive(x, threshold)
+    assert torch.equal(active, kl >= threshold) and 0 < active.sum() < len(active)
+    assert torch.equal(model.active.bool(), active)
+    assert (model.mixing_logit[~active] == INACTIVE_LOGIT).all() and (model.mixing_logit[active] == 0.0).all()
+
+    z_t, t = torch.randn(3, *model.latent_shape), torch.full((3,), 0.4)
+    eps = model.eps(z_t, t)
+    std = model.sde.marginal(t)[1].view(-1, 1, 1, 1)
+    assert (net.seen[:, ~active] == 0).all() and torch.equal(net.seen[:, active], z_t[:, active])
+    torch.testing.assert_close(eps[:, ~active], (std * z_t)[:, ~active], atol=1e-6, rtol=0)  # the base alone
+    torch.testing.assert_close(eps[:, active], (0.5 * std * z_t + 0.5 * 0.3)[:, active])
+
+
+def test_drop_inactive_needs_a_mixed_latent_model():
+    model = two_scale_model()
+    pixel = LSGM(Recorder(), sde.VPSDE("geometric"), vae=None, data_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="latent model with the mixed score"):
+        pixel.drop_inactive(digits_like(2))
+    model.mixing_logit = None
+    with pytest.raises(ValueError, match="mixed score"):
+        model.drop_inactive(digits_like(2))
+
+
+def test_trainer_drops_inactive_channels_when_the_joint_phase_starts(tmp_path, monkeypatch):
+    """At step stage1_steps exactly: the mask of `channel_kl ≥ 0.1` nat is set and logged, and a resumed run keeps
+    it from the checkpoint."""
+    cfg = tiny_config("train.steps=5", "train.stage1_steps=3", "vae.params.latent_channels=4")
+    trainer = Trainer(cfg, tmp_path)
+    fixed_kl = torch.tensor([0.5, 0.05, 2.0, 0.0])
+    monkeypatch.setattr(type(trainer.model), "channel_kl", lambda self, x, batch_size=512: fixed_kl)
+    records = [trainer.train_step(next(trainer.stream).x) for _ in range(5)]
+    assert ["active_channels" in record for record in records] == [False, False, False, True, False]
+    assert records[3]["active_channels"] == 2
+    assert torch.equal(trainer.model.active, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    # the optimizer may nudge an inactive logit; the mask keeps those channels at the base exactly (see `eps`)
+    torch.testing.assert_close(trainer.model.mixing_logit[[1, 3]].detach(), torch.full((2,), INACTIVE_LOGIT),
+                               atol=0.01, rtol=0)
+    trainer.save("last.pt")
+    resumed = Trainer(cfg, tmp_path)
+    assert torch.equal(resumed.model.active, trainer.model.active)
