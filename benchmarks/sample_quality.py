@@ -171,11 +171,16 @@ def train(out: Path, groups: list[str], seeds: list[int], overrides: list[str], 
     out.mkdir(parents=True, exist_ok=True)
     jobs = {(group, seed): train_command(out, group, seed, overrides) for seed in seeds for group in groups}
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        statuses = dict(zip(jobs, pool.map(lambda job: train_one(*job), jobs.values())))
-    failed = [jobs[key][1].with_suffix(".log").name for key, status in statuses.items() if status]
+        statuses = list(pool.map(lambda job: train_one(*job), jobs.values()))
+    failed = [str(run.with_suffix(".log")) for (_, run), status in zip(jobs.values(), statuses) if status]
     if failed:
-        fail(f"training failed: see {', '.join(str(out / name) for name in failed)}")
+        fail(f"training failed: see {', '.join(failed)}")
     return {group: [jobs[group, seed][1] for seed in seeds] for group in groups}
+
+
+def row_label(row: Row) -> str:
+    """`model sampler options` of a row for the progress lines."""
+    return " ".join(part for part in (row.model, row.entry.sampler, row.entry.text) if part)
 
 
 def measure_row(row: Row, runs: list[Run], num_samples: int, batch_size: int) -> list[dict]:
@@ -185,11 +190,10 @@ def measure_row(row: Row, runs: list[Run], num_samples: int, batch_size: int) ->
         try:
             result = measure_sampler(run.model, row.entry, num_samples, run.seed, batch_size)
         except NonFiniteError as error:
-            print(f"  {row.model} {row.entry.sampler} {row.entry.text} seed {run.seed}: failed: {error}",
-                  file=sys.stderr, flush=True)
+            print(f"  {row_label(row)} seed {run.seed}: failed: {error}", file=sys.stderr, flush=True)
             continue
         measurements.append({"model": row.model, "seed": run.seed, "run": str(run.folder), **result})
-        print(f"  {row.model} {result['sampler']} {result['options']} seed {run.seed}: digits-FD "
+        print(f"  {row_label(row)} seed {run.seed}: digits-FD "
               f"{result['digits_fd']:.4g}, {result['nfe']:g} NFE, {result['wall_s']:.1f} s",
               file=sys.stderr, flush=True)
     return measurements
@@ -209,23 +213,24 @@ def mean_and_spread(values: list[float]) -> str:
 
 
 def mean_of(measurements: list[dict], column: str) -> float | None:
+    """The mean of a column over the measurements that have it (None for none: the reference's NFE)."""
     values = [measurement[column] for measurement in measurements if measurement[column] is not None]
     return statistics.fmean(values) if values else None
 
 
-def table_row(label: str, entry_text: str, measurements: list[dict], expected: int) -> list[str]:
+def table_row(model: str, sampler: str, options: str, measurements: list[dict], expected: int) -> list[str]:
     """The table cells of one row from its per-seed measurements (`expected` of them when none failed)."""
+    seeds = f"{len(measurements)}/{expected}"
     if not measurements:
-        return [label, entry_text, "", "", "", "failed at every seed", "", "", f"0/{expected}"]
-    first = measurements[0]
-    return [label, first["sampler"] if label != REFERENCE else "", first["options"],
-            format_cell(mean_of(measurements, "nfe")), format_cell(mean_of(measurements, "wall_s")),
+        return [model, sampler, options, "", "", "failed at every seed", "", "", seeds]
+    return [model, sampler, options, format_cell(mean_of(measurements, "nfe")),
+            format_cell(mean_of(measurements, "wall_s")),
             mean_and_spread([measurement["digits_fd"] for measurement in measurements]),
-            *(format_cell(mean_of(measurements, column)) for column in METRICS[1:]),
-            f"{len(measurements)}/{expected}"]
+            *(format_cell(mean_of(measurements, column)) for column in METRICS[1:]), seeds]
 
 
 def table_header() -> list[str]:
+    """The Markdown header and alignment lines (numbers right-aligned)."""
     return [markdown_row(HEADERS), markdown_row(["---"] * 3 + ["---:"] * (len(HEADERS) - 3))]
 
 
@@ -262,13 +267,13 @@ def measure(runs_by_group: dict[str, list[Run]], arguments: argparse.Namespace) 
              f"{arguments.threads} thread(s)")
     outputs = Outputs(arguments.out, title)
     references = measure_references(data_config, seeds, arguments.num_samples)
-    outputs.add(references, table_row(REFERENCE, "", references, len(seeds)))
+    outputs.add(references, table_row(REFERENCE, "", references[0]["options"], references, len(seeds)))
     for row in ROWS:
         runs = runs_by_group.get(row.group)
         if runs:
             measurements = measure_row(row, runs, arguments.num_samples, arguments.batch_size)
-            outputs.add(measurements, table_row(row.model, f"{row.entry.sampler} {row.entry.text}", measurements,
-                                                len(runs)))
+            cells = table_row(row.model, row.entry.sampler, row.entry.text, measurements, len(runs))
+            outputs.add(measurements, cells)
     outputs.close()
 
 
@@ -295,12 +300,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give either --train or run folders (--lsgm and/or --ddpm)")
     if arguments.overrides and not arguments.train:
         parser.error(f"hydra overrides ({' '.join(arguments.overrides)}) need --train")
+    arguments.seeds = list(dict.fromkeys(arguments.seeds))  # a seed once: its run folder is trained once
     if arguments.num_samples < 2:
         parser.error("--num-samples must be at least 2 (a Fréchet distance needs a covariance)")
     return arguments
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train the runs (--train) or take the given ones, then measure every row."""
     arguments = parse_arguments(argv)
     torch.set_num_threads(arguments.threads)
     if arguments.train:
