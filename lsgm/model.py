@@ -11,8 +11,8 @@ The score model predicts ε with LSGM's mixed parameterisation
 whose first term is the exact ε of a N(0, I) prior (its VP marginal is N(0, I) at every t), so the
 network only learns the correction. a ∈ {0, 1} per channel marks the active latent channels (LSGM's
 `drop_inactive_var`): a channel the VAE leaves unused (KL below 0.1 nat) gets ℓ = −15 as in LSGM, and through a
-exactly the N(0, I) base and no input to the network. `vae=None` gives a pixel-space score model (the latent is the image);
-`discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
+exactly the N(0, I) base and no input to the network. `vae=None` gives a pixel-space score model (the latent is the
+image); `discrete_steps=T` makes the model DDPM's discrete chain (t = i/T for the network).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from torch import nn
 from sde import VPSDE, expand_like, sampling
 
 from .data import to_levels, to_unit_range
-
 
 INACTIVE_LOGIT = -15.0  # LSGM's mixing logit of an inactive channel: α ≈ 3e-7, the N(0, I) base alone
 INACTIVE_KL = 0.1  # nats: a latent channel whose mean KL stays below this is inactive (LSGM's threshold)
