@@ -13,7 +13,7 @@ mask), each method fills the unknown pixels and is scored by the RMSE on the unk
     latent        RePaint on the LSGM's latents (`lsgm.apps.inpaint.inpaint`, --latent checkpoint) decoded as they
                   come out of RePaint (consistency_steps=0)
     latent+step   the same, with `--consistency-steps` Adam steps fitting the latents to the known pixels through
-                  the decoder before decoding (the library's default inpainting)
+                  the decoder before decoding (an option of the library's inpainting, off by default)
     pixel         RePaint on the pixels of a pixel-space checkpoint (--pixel, e.g. experiment=digits_ddpm or
                   digits_pixel); left out without --pixel
 

@@ -104,12 +104,17 @@ def binary_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (mask > 0.5).to(device=x.device, dtype=x.dtype)
 
 
-def latent_mask(mask: torch.Tensor, latent_shape, threshold: float = 1.0) -> torch.Tensor:
-    """Known latent cells (B, 1, h, w): the latent grid laid over the image, a cell is known when at least
-    `threshold` of the pixels under it are known (in every channel); 1 asks for all of them."""
+def latent_mask(mask: torch.Tensor, vae, threshold: float = 1.0) -> torch.Tensor:
+    """Known latent elements (B, *latent_shape) of the score model's packed latents: each group's grid laid over the
+    image at its own resolution, a cell known when at least `threshold` of the pixels under it are known (in every
+    channel; 1 asks for all of them), then packed like the latents (`NVAE.pack`), so that a finer group's cells keep
+    their own, smaller footprints on the top grid."""
     pixel_known = mask.amin(dim=1, keepdim=True)
-    fraction = F.adaptive_avg_pool2d(pixel_known, tuple(latent_shape[1:]))
-    return (fraction >= threshold - 1e-6).to(mask.dtype)
+    groups = []
+    for channels, height, width in vae.group_shapes:
+        fraction = F.adaptive_avg_pool2d(pixel_known, (height, width))
+        groups.append((fraction >= threshold - 1e-6).to(mask.dtype).expand(-1, channels, -1, -1))
+    return vae.pack(groups)
 
 
 def fill_unknown(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -153,12 +158,11 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
 
     Pixel space: RePaint on the pixels, x̂_0 clipped to [−1, 1] for discrete data. Latent space (LSGM):
     the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
-    latents (all groups, packed); a latent cell counts as known when at least `latent_threshold` of the pixels under it are known
-    (`latent_mask`); RePaint runs on the latents, which are decoded (`LSGM.decode`, the mean) after
-    `consistency_steps` steps of `fit_known_pixels`; finally the known pixels are pasted back. The defaults are
-    measured ones: on 8×8 digits (a 2×2 latent grid) few latent cells are entirely known, and without the
-    consistency step the completion missed the unknown pixels by more than a fill with the train mean did;
-    half-known cells (0.5) and 100 steps brought it below that fill for every mask type.
+    latents (every group, packed); a latent element counts as known when at least `latent_threshold` of the pixels
+    under its cell, at its group's own resolution, are known (`latent_mask`); RePaint runs on the latents, which are
+    decoded (`LSGM.decode`, the mean); finally the known pixels are pasted back. `consistency_steps` > 0 adds the
+    decoder consistency step (`fit_known_pixels`) before decoding, an option: the score prior over all of the
+    latents fills the unknown part by itself (README, "inpainting").
     """
     mask = binary_mask(mask, x)
     chain = model_chain(model, t_T)
@@ -168,7 +172,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
             completed, _ = repaint(model.eps_fn(), chain, x, mask, times, clip_range(model))
         else:
             z_known = model.encode(fill_unknown(x, mask), mean=True)
-            z_mask = latent_mask(mask, model.latent_shape, latent_threshold)
+            z_mask = latent_mask(mask, model.vae, latent_threshold)
             z, _ = repaint(model.eps_fn(), chain, z_known, z_mask, times)
             if consistency_steps:
                 z = fit_known_pixels(model, z, x, mask, consistency_steps)

@@ -153,12 +153,23 @@ def test_gaussian_inpainting_samples_the_analytic_conditional():
     assert max(mean_error.abs().max(), var_error.abs().max()) > 4, (mean_error, var_error)
 
 
-def test_latent_mask_on_the_latent_grid():
+def test_latent_mask_on_every_group_grid():
+    """Two scales: a top group on the 2×2 grid (cells of 4×4 pixels), a finer one on 4×4 (cells of 2×2 pixels) packed
+    onto the 2×2 grid as 4 channels per channel, channel 4c + 2a + b at (i, j) holding fine cell (2i + a, 2j + b)."""
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=1, latent_channels=2, dropout=0.0)
     mask = torch.ones(1, 1, 8, 8)
-    mask[..., :4, :4] = 0  # top-left cell entirely unknown
-    mask[..., 7, 7] = 0  # one pixel of the bottom-right cell unknown
-    assert latent_mask(mask, (4, 2, 2)).flatten().tolist() == [0, 1, 1, 0]
-    assert latent_mask(mask, (4, 2, 2), threshold=0.9).flatten().tolist() == [0, 1, 1, 1]
+    mask[..., :4, :4] = 0  # the top-left top cell (and its four fine cells) entirely unknown
+    mask[..., 7, 7] = 0  # one pixel of the bottom-right top cell, which is one pixel of fine cell (3, 3)
+    for threshold, top, fine_33 in [(1.0, [0, 1, 1, 0], 0), (0.9, [0, 1, 1, 1], 0), (0.5, [0, 1, 1, 1], 1)]:
+        packed = latent_mask(mask, vae, threshold)
+        assert packed.shape == (1, *vae.latent_shape) == (1, 2 + 8, 2, 2)
+        assert packed[0, :2].flatten(1).tolist() == [top, top]
+        fine = vae.unpack(packed)[1][0]
+        assert (fine[:, :2, :2] == 0).all() and fine[:, 3, 3].tolist() == [fine_33, fine_33]
+        known = torch.ones(4, 4, dtype=torch.bool)
+        known[:2, :2] = False
+        known[3, 3] = False
+        assert (fine[:, known] == 1).all()
 
 
 def test_latent_inpainting_end_to_end():
