@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nvae.cells import DecoderCell, EncoderCell
-from nvae.layers import Conv2d, norm2d
+from nvae.layers import Conv2d, _DepthwiseConv2d, norm2d
 from nvae.regularizers import balanced_kl, norm_loss, spectral_norm_loss
 
 
@@ -96,3 +96,24 @@ def test_balanced_kl():
     assert torch.allclose(out, 0.5 * (kl * gamma).sum(1))
     out.sum().backward()
     assert torch.allclose(kl.grad, 0.5 * gamma.detach().expand(2, 3))  # the weights carry no gradient
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_depthwise_conv_gradients_match_torch(size):
+    """The depthwise path (a faster weight gradient) has F.conv2d's output and gradients, checked in float64 against
+    torch's own backward and by finite differences."""
+    torch.manual_seed(0)
+    conv = Conv2d(6, 6, 5, size, groups=6).double()
+    assert conv.depthwise and not Conv2d(6, 6, 5, 8, groups=6).depthwise  # torch's own path is faster at 8×8
+    x = torch.randn(3, 6, size, size, dtype=torch.float64, requires_grad=True)
+    fast = conv(x)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), (x, conv.weight, conv.bias))
+    conv.depthwise = False
+    reference = conv(x)
+    reference_grads = torch.autograd.grad(reference.pow(2).sum(), (x, conv.weight, conv.bias))
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in
+              [(2, 2, size, size), (2, 1, 5, 5), (2,)]]
+    assert torch.autograd.gradcheck(lambda x, w, b: _DepthwiseConv2d.apply(x, w, b, 2), inputs)
