@@ -64,8 +64,8 @@ class Conv2d(nn.Conv2d):
         out_size = tuple((n + 2 * pad - kernel_size) // stride + 1 for n in self.input_size)
         self.output_padding = tuple(n - ((m - 1) * stride - 2 * pad + kernel_size)
                                     for n, m in zip(self.input_size, out_size))
-        # depthwise on maps of at most 4×4 (NVAE's lower decoder cells): there torch's CPU weight gradient is 3–8× slower
-        # than `_DepthwiseConv2d`'s; at 8×8 it is 2× faster (benchmarks/depthwise_backward.py)
+        # depthwise on maps of at most 4×4 (NVAE's lower decoder cells): there torch's CPU weight gradient is 3–8×
+        # slower than `_DepthwiseConv2d`'s; at 8×8 it is 2× faster (benchmarks/depthwise_backward.py)
         self.depthwise = (groups == in_channels == out_channels and stride == 1 and groups > 1
                           and max(self.input_size) <= 4)
         self.register_buffer("sn_u", _normalize(torch.randn(1, in_channels, *self.input_size)))
