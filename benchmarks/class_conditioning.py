@@ -32,7 +32,7 @@ draw. Differences within about two standard deviations between rows are not reso
 Writes `class_conditioning.csv` (with every class's accuracy) and `class_conditioning.md` into `--out` (default:
 <run folder>/eval, the run folder being the checkpoint's folder's parent) and prints the table as rows come.
 
-Measured: (to be filled by the lead)
+Measured: see the README, "The score prior over all of the latents" (this table at the default 1000-step budget).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ The wall columns of the CSV are seconds per mask and seed on `--threads` CPU thr
 Writes `inpainting.csv` and `inpainting.md` into `--out` (default: <latent run folder>/eval, the run folder being
 the checkpoint's folder's parent) and prints the table as rows come.
 
-Measured: (to be filled by the lead)
+Measured: see the README, "The score prior over all of the latents" (this table at the default 1000-step budget).
 """
 
 from __future__ import annotations
