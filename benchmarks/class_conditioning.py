@@ -38,12 +38,11 @@ Measured: see the README, "The score prior over all of the latents" (this table 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
-from nfe_vs_quality import NFERecorder, SweepEntry, expand_sweep, measure_reference
+from nfe_vs_quality import NFERecorder, Report, SweepEntry, expand_sweep, markdown_row, measure_reference, write_csv
 
 import lsgm
 from lsgm.checkpoint import CheckpointError
@@ -197,33 +196,6 @@ def table_cells(row: dict) -> list[str]:
             plus_minus(row["digits_fd"], row["digits_fd_std"], 2), str(row["samples_per_seed"])]
 
 
-def markdown_row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-class Report:
-    """Lines printed as they come and kept for the .md file."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def add(self, line: str = "") -> None:
-        self.lines.append(line)
-        print(line, flush=True)
-
-    def write(self, path: Path) -> Path:
-        path.write_text("\n".join(self.lines) + "\n")
-        return path
-
-
-def write_csv(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the sweep; returns the rows, the reference row first."""
     arguments = parse_arguments(argv)
@@ -253,7 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             report.add(markdown_row(table_cells(row)))
     report.add("\nNFE counts eps_fn calls; at guidance ≠ 0, 1 each runs the network on a doubled batch.")
-    csv_path = write_csv(rows, out / f"{PROGRAM}.csv")
+    csv_path = write_csv(rows, out / f"{PROGRAM}.csv", COLUMNS)
     markdown_path = report.write(out / f"{PROGRAM}.md")
     print(f"wrote {csv_path} and {markdown_path}")
     return rows

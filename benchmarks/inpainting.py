@@ -39,11 +39,11 @@ Measured: see the README, "The score prior over all of the latents" (this table 
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
+from nfe_vs_quality import Report, markdown_row, write_csv
 
 from lsgm.apps import cli
 from lsgm.apps.chain import model_chain
@@ -192,10 +192,6 @@ def yes_no(flag: bool | None) -> str:
     return "" if flag is None else ("yes" if flag else "no")
 
 
-def markdown_row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def table_header() -> list[str]:
     headers = ("mask", "unknown", *METHOD_HEADERS, *(label for _, _, label, _ in FLAGS.values()))
     return [markdown_row(headers), markdown_row(["---"] + ["---:"] * (len(headers) - 1))]
@@ -214,29 +210,6 @@ def summary_lines(rows: list[dict]) -> list[str]:
     walls = [f"{header} {sum(row[f'{method}_wall_s'] for row in rows):.1f}"
              for method, header in zip(METHODS, METHOD_HEADERS) if rows[0][f"{method}_wall_s"] is not None]
     return ["", "Holds: " + "; ".join(counts) + ".", "Wall seconds per seed, all masks: " + ", ".join(walls) + "."]
-
-
-class Report:
-    """Lines printed as they come and kept for the .md file."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def add(self, line: str = "") -> None:
-        self.lines.append(line)
-        print(line, flush=True)
-
-    def write(self, path: Path) -> Path:
-        path.write_text("\n".join(self.lines) + "\n")
-        return path
-
-
-def write_csv(rows: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def header_line(arguments, images: torch.Tensor) -> str:
@@ -272,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         report.add(markdown_row(table_cells(rows[-1])))
     for line in summary_lines(rows):
         report.add(line)
-    csv_path = write_csv(rows, out / f"{PROGRAM}.csv")
+    csv_path = write_csv(rows, out / f"{PROGRAM}.csv", COLUMNS)
     print(f"wrote {csv_path} and {report.write(out / f'{PROGRAM}.md')}")
     return rows
 

@@ -179,12 +179,28 @@ def print_row(row: dict) -> None:
     print(markdown_row(format_cell(row[column]) for column in COLUMNS), flush=True)
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> Path:
+    """The rows as a CSV with the given columns (this script's by default; the other benchmarks pass theirs)."""
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+class Report:
+    """Lines printed as they come and kept for a .md file (the benchmarks' Markdown tables)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def add(self, line: str = "") -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def write(self, path: Path) -> Path:
+        path.write_text("\n".join(self.lines) + "\n")
+        return path
 
 
 def option_pairs(text: str) -> list[tuple[str, str]]:
