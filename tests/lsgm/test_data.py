@@ -1,9 +1,8 @@
-"""lsgm.data: each loader reads tiny files of its format exactly; malformed inputs raise DataError;
-toy densities are exact; batching is sharded, complete and resumable."""
+"""lsgm.data: each reader reads tiny files of its format exactly; malformed inputs raise DataError; the digits
+split is the project's one split; batching is sharded, complete and resumable."""
 
 import gzip
 import itertools
-import math
 import pickle
 import struct
 
@@ -11,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import multivariate_normal
 
 from lsgm.data import (
     BatchStream,
     DataError,
+    ImageDataset,
     batches,
     epoch_indices,
     load_dataset,
@@ -149,6 +148,9 @@ def test_mnist_torchvision_layout_binarisation_and_padding(tmp_path):
     stochastic = [load_dataset("mnist", tmp_path, binarize="stochastic", seed=seed).x for seed in (1, 1, 2)]
     assert torch.equal(stochastic[0], stochastic[1]) and not torch.equal(stochastic[0], stochastic[2])
     assert set(stochastic[0].unique().tolist()) == {-1.0, 1.0}
+    drawn = np.random.default_rng([1, 0]).random(unit.shape) < unit  # the train partition's draw: [seed, 0]
+    whole = load_dataset("mnist", tmp_path, binarize="stochastic", seed=1, val_fraction=0.0).x
+    assert torch.equal(to_levels(whole, 2)[:, 0], torch.as_tensor(drawn).long())
     ones = to_levels(load_dataset("mnist", tmp_path, binarize="stochastic", val_fraction=0.0).x, 2)[:, 0]
     assert not ones[torch.as_tensor(images == 0)].any() and ones[torch.as_tensor(images == 255)].all()
     padded = load_dataset("mnist", tmp_path, pad_to_32=True, val_fraction=0.0)
@@ -314,69 +316,13 @@ def test_npz_malformed_files_raise_data_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Toy distributions
-
-
-def grid_integral(log_prob, low, high, cells):
-    """Midpoint-rule integral of exp(log_prob) over the square [low, high]^2."""
-    width = (high - low) / cells
-    centres = low + width * (torch.arange(cells, dtype=torch.float64) + 0.5)
-    points = torch.cartesian_prod(centres, centres)
-    return (log_prob(points).exp().sum() * width**2).item()
-
-
-def test_gaussian_mixture_density_integrates_to_one_and_matches_samples():
-    dataset = load_dataset("gaussian_mixture", num_samples=4000, seed=3)
-    mixture = dataset.distribution
-    assert dataset.levels is None and dataset.shape == (2,)
-    assert grid_integral(mixture.log_prob, -4.0, 4.0, 400) == pytest.approx(1.0, abs=1e-6)
-    centre = torch.tensor([2.0, 0.0], dtype=torch.float64)  # the first component; a +-1 std box around it
-    box = grid_integral(lambda points: mixture.log_prob(points + centre), -0.2, 0.2, 100)
-    assert box == pytest.approx(math.erf(1 / math.sqrt(2)) ** 2 / 8, rel=1e-4)
-    radii = dataset.x.norm(dim=1)
-    assert radii.mean().item() == pytest.approx(2.0, abs=0.02)
-    train = load_dataset("gaussian_mixture", num_samples=50).x
-    test = load_dataset("gaussian_mixture", split="test", num_samples=50).x
-    assert not torch.equal(train, test)
-    assert torch.equal(train, load_dataset("gaussian_mixture", num_samples=50).x)
-
-
-def test_gaussian_log_prob_matches_scipy_and_samples_match_covariance():
-    dataset = load_dataset("gaussian", dim=4, num_samples=20000)
-    gaussian = dataset.distribution
-    covariance = 0.5 ** np.abs(np.subtract.outer(np.arange(4), np.arange(4)))
-    points = torch.randn(7, 4, dtype=torch.float64)
-    expected = multivariate_normal(np.zeros(4), covariance).logpdf(points.numpy())
-    assert np.allclose(gaussian.log_prob(points).numpy(), expected, atol=1e-10)
-    assert np.allclose(np.cov(dataset.x.numpy().T), covariance, atol=0.04)
-    shifted = load_dataset("gaussian", dim=2, mean=[1.0, -1.0], covariance=[[2.0, 0.3], [0.3, 0.5]],
-                           num_samples=10).distribution
-    assert grid_integral(shifted.log_prob, -9.0, 9.0, 600) == pytest.approx(1.0, abs=1e-6)
-    assert_data_error(["positive definite"], load_dataset, "gaussian", covariance=[[1.0, 2.0], [2.0, 1.0]])
-    assert_data_error(["mean must be (D,)"], load_dataset, "gaussian", dim=3, covariance=np.eye(2))
-
-
-def test_checkerboard_density_and_two_moons_samples():
-    checkerboard = load_dataset("checkerboard", num_samples=2000)
-    assert grid_integral(checkerboard.distribution.log_prob, -3.0, 3.0, 600) == pytest.approx(1.0, abs=1e-9)
-    assert torch.isfinite(checkerboard.distribution.log_prob(checkerboard.x)).all()
-    moons = load_dataset("two_moons", num_samples=1000, noise=0.0)
-    upper, lower = moons.x[:500] + torch.tensor([0.5, 0.25]), moons.x[500:] + torch.tensor([0.5, 0.25])
-    assert torch.allclose(upper.norm(dim=1), torch.ones(500), atol=1e-5)
-    assert torch.allclose((lower - torch.tensor([1.0, 0.5])).norm(dim=1), torch.ones(500), atol=1e-5)
-    assert_data_error(["two_moons", "radius"], load_dataset, "two_moons", radius=1.0)
-
-
-# --------------------------------------------------------------------------------------------------
 # Batching
 
 
 def _labelled_points(count):
     """A dataset whose x equals its label, so that batches show which examples they hold."""
-    dataset = load_dataset("gaussian", dim=1, num_samples=count)
-    dataset.x = torch.arange(count, dtype=torch.float32)[:, None]
-    dataset.y = torch.arange(count)
-    return dataset
+    return ImageDataset(x=torch.arange(count, dtype=torch.float32)[:, None], y=torch.arange(count), levels=count,
+                        name="labelled", split="train")
 
 
 def test_one_epoch_covers_every_example_once():

@@ -132,7 +132,7 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo(vae, digits):
 
 
 def test_iwae_on_a_trained_model(trained):
-    vae, _, val = trained
+    vae, val, _, _ = trained
     torch.manual_seed(0)
     analytic = -vae.loss(val)["elbo_nats"].mean().item()
     one = vae.nll(val, k=1)
@@ -140,7 +140,7 @@ def test_iwae_on_a_trained_model(trained):
     assert one.mean().item() == pytest.approx(analytic, abs=4 * se + 0.05)  # k = 1 is the ELBO on average
     k16 = vae.nll(val, k=16).mean().item()
     assert k16 < analytic and k16 < one.mean().item()  # tighter, never larger
-    k64 = vae.nll(val, k=64, max_batch=2000).mean().item()  # chunked: 2000 // 128 = 15 samples a pass
+    k64 = vae.nll(val, k=64, max_batch=2000).mean().item()  # chunked: 2000 // 144 = 13 samples a pass
     assert k64 <= k16 + 0.05
 
 
@@ -175,12 +175,17 @@ def test_configuration_errors_name_the_fix():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_cuda(digits):
-    from nvae.train import FitConfig, batches, evaluate_bpd, fit
+    from nvae.train import FitConfig, make_optimizer, training_loss
 
     torch.manual_seed(0)
     vae = nvae.NVAE(**TINY).cuda()
     x = digits[:64].cuda()
-    fit(vae, batches(x, 16), FitConfig(max_steps=5, eval_every=5))
-    assert math.isfinite(evaluate_bpd(vae, x, k=4))
+    cfg = FitConfig()
+    optimizer = make_optimizer(vae.parameters(), cfg)
+    for batch in x.split(16):
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(vae, batch, 1.0, cfg)["loss"].backward()
+        optimizer.step()
+    assert vae.eval().nll_bpd(x, k=4).mean().item() < 2 * math.log2(17)
     assert vae.sample(3).device.type == "cuda"
     assert vae.decode([vae.encode(x[:2]).z[0], None]).mean().device.type == "cuda"

@@ -1,32 +1,19 @@
-"""Stage-1 training: schedules, the regularised loss, evaluation and a smoke run on digits."""
-
-import math
+"""The VAE's training pieces: schedules, the regularised loss, the optimisers, and a short training on digits."""
 
 import pytest
 import torch
 
 import nvae
-from nvae.train import (
-    FitConfig,
-    backward_and_step,
-    evaluate_bpd,
-    fit,
-    kl_warmup_weight,
-    make_optimizer,
-    progress,
-    training_loss,
-    warmup_cosine_lr,
-)
+from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, training_loss, warmup_cosine_lr
 
 from .conftest import TINY
 
 
 def test_schedules():
-    assert progress(50, 1.0, 100, None) == 0.5
-    assert progress(10, 30.0, 100, 60.0) == 0.5
     assert kl_warmup_weight(0.0, 0.3, 1e-4) == 1e-4
     assert kl_warmup_weight(0.15, 0.3) == pytest.approx(0.5)
     assert kl_warmup_weight(0.5, 0.3) == 1.0 and kl_warmup_weight(0.0, 0.0) == 1.0
+    assert warmup_cosine_lr(0.0, 1e-2, 1e-4, 0.02) == pytest.approx(5e-4)  # p is floored at 1e-3
     assert warmup_cosine_lr(0.01, 1e-2, 1e-4, 0.02) == pytest.approx(5e-3)
     assert warmup_cosine_lr(0.02, 1e-2, 1e-4, 0.02) == pytest.approx(1e-2)
     assert warmup_cosine_lr(0.51, 1e-2, 1e-4, 0.02) == pytest.approx(0.5 * (1e-2 + 1e-4))
@@ -43,59 +30,29 @@ def test_training_loss_adds_the_regularisers(digits):
     plain = vae.loss(digits[:8], 0.5)["loss"]
     expected = plain + 0.1 * vae.spectral_norm_loss(0) + 0.2 * vae.norm_loss()
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="adamax"):
-        make_optimizer(vae.parameters(), FitConfig(optimizer="sgd"))
+    assert terms["spectral"].item() == pytest.approx(vae.spectral_norm_loss(0).item(), rel=1e-6)
 
 
-def test_evaluate_bpd_is_reproducible_and_leaves_the_rng_alone(digits):
-    torch.manual_seed(0)
-    vae = nvae.NVAE(**TINY).train()
-    state = torch.get_rng_state()
-    a, b = evaluate_bpd(vae, digits[:32], k=2), evaluate_bpd(vae, digits[:32], k=2)
-    assert a == b and torch.equal(state, torch.get_rng_state()) and vae.training
-    assert 0.0 < a < 2 * math.log2(17)
-
-
-def test_training_smoke(trained):
-    """A few hundred steps on 512 digits: validation bpd falls far below its start, nothing is NaN."""
-    vae, result, _ = trained
-    val = [r["val_bpd"] for r in result.history]
-    assert result.history[0]["step"] == 0 and result.steps == 240
-    assert result.skipped_steps == 0 and all(math.isfinite(v) for v in val)
-    assert all(math.isfinite(r["loss"]) for r in result.history[1:])
-    assert val[-1] < val[0] - 1.0 and val[-1] < 2.6, val  # uniform: 4.09, independent pixels: 2.43
-    assert result.best_val_bpd == min(val)
-    assert all(torch.isfinite(p).all() for p in vae.parameters())
-
-
-def test_fit_restores_the_best_checkpoint(digits, tmp_path):
-    torch.manual_seed(0)
-    vae = nvae.NVAE(**TINY)
-    path = tmp_path / "best.pt"
-    cfg = FitConfig(max_steps=30, eval_every=10, lr=2e-2, checkpoint_path=str(path))
-    seen = []
-    result = fit(vae, iter([(digits[:16],)] * 30), cfg, val_x=digits[16:48], callback=seen.append)
-    assert seen == result.history and [r["step"] for r in seen] == [0, 10, 20, 30]
-    saved = torch.load(path, weights_only=True)
-    assert saved["step"] == result.best_step and saved["val_bpd"] == result.best_val_bpd
-    restored = nvae.NVAE(**TINY)
-    restored.load_state_dict(saved["model"])
-    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), vae.state_dict().values()))
-    assert evaluate_bpd(vae, digits[16:48]) == pytest.approx(result.best_val_bpd, abs=1e-5)
-
-
-def test_fit_stops_early_without_improvement(digits):
-    torch.manual_seed(0)
-    vae = nvae.NVAE(**TINY)
-    frozen = FitConfig(max_steps=100, eval_every=10, lr=0.0, min_lr=0.0, patience=1)
-    result = fit(vae, iter([digits[:16]] * 100), frozen, val_x=digits[16:48])
-    assert result.steps == 10 and result.best_step == 0  # an unchanged model never improves
-
-
-def test_a_non_finite_loss_skips_the_step():
+@pytest.mark.parametrize("kind,expected", [
+    ("adamax", 1.0 - 0.1),              # L2: gradient 2 + 0.5 * 1; Adamax's first step moves lr * sign = 0.1
+    ("adamw", 1.0 * (1 - 0.1 * 0.5) - 0.1),  # decoupled: w (1 - lr wd), then Adam's first step of lr * sign
+])
+def test_the_optimisers_first_step(kind, expected):
     w = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.SGD([w], lr=0.1)
-    assert not backward_and_step((w * float("nan")).sum(), opt, [w], grad_clip=1.0)
-    assert torch.equal(w.detach(), torch.ones(3))
-    assert backward_and_step((10 * w).sum(), opt, [w], grad_clip=1.0)  # gradient norm 17.3 clipped to 1
-    assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.1 / math.sqrt(3)))
+    optimizer = make_optimizer([w], FitConfig(optimizer=kind, lr=1.0, weight_decay=0.5))
+    set_lr(optimizer, 0.1)
+    (2.0 * w).sum().backward()
+    optimizer.step()
+    assert torch.allclose(w.detach(), torch.full((3,), expected), atol=1e-6)
+    with pytest.raises(ValueError, match="adamax"):
+        make_optimizer([w], FitConfig(optimizer="sgd"))
+
+
+def test_training_lowers_the_validation_bound(trained):
+    """240 steps of 32 digits: the validation ELBO falls from above the uniform model's log2(17) = 4.09 bits/dim
+    to below the independent per-pixel categoricals' 2.43. Measured with initial seeds 0, 1, 2: 4.062, 4.127, 4.171
+    before and 2.334, 2.322, 2.324 after; seed 0 is asserted, within 3 times the spread over seeds."""
+    vae, _, before, after = trained
+    assert before == pytest.approx(4.062, abs=0.3)
+    assert after == pytest.approx(2.334, abs=0.04) and after < 2.43
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
