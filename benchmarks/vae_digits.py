@@ -8,6 +8,9 @@ Data: lsgm.data's digits split (train 1293, val 144 for the best checkpoint, tes
 fitted on the whole training partition (train + val). The default budget, 2878 steps of 32 images, is what 10
 minutes bought the VAE on 2 shared CPU cores at one thread. The run folder (--run) holds the trainer's
 config.yaml, metrics.jsonl, checkpoints and summary.json; a finished run is evaluated again without training.
+
+Measured: the baselines, uniform 4.087 and independent 2.431 bits/dim. The VAE through the trainer is not measured
+yet at this budget; nvae's former loop of its own (a 143-image validation split) gave test IWAE-100 1.770.
 """
 
 from __future__ import annotations
