@@ -1,4 +1,4 @@
-"""Data with a known score: Gaussian mixtures under a VP diffusion, in closed form.
+"""Data with a known score: Gaussian mixtures under any linear diffusion (`sde.base.SDE`), in closed form.
 
 If x_0 ~ Σ_k π_k N(μ_k, Σ_k) and x_t = m x_0 + σ ε, then x_t ~ Σ_k π_k N(m μ_k, m²Σ_k + σ²I), so the
 exact noise prediction is
@@ -15,8 +15,8 @@ import math
 
 import torch
 
+from .base import SDE
 from .ddpm import DDPMSchedule
-from .vp import VPSDE
 
 
 class GaussianMixture:
@@ -75,8 +75,8 @@ class GaussianMixture:
         s = torch.as_tensor(std, dtype=torch.float64).reshape(-1, 1)
         return (s * (responsibilities[..., None] * solved).sum(1)).reshape(x.shape).to(x.dtype)
 
-    def eps_fn(self, sde: VPSDE):
-        """The exact eps_fn(x, t) of the continuous VP-SDE."""
+    def eps_fn(self, sde: SDE):
+        """The exact eps_fn(x, t) of a continuous SDE (through its marginal m_t, σ_t)."""
 
         def eps_fn(x, t):
             mean_coeff, std = sde.marginal(t.double() if torch.is_tensor(t) else t)

@@ -1,13 +1,16 @@
-"""Log-likelihood through the probability-flow ODE, bits/dim of discrete data, and the ODE encoder/decoder.
+"""Log-likelihood through the probability-flow ODE, bits/dim of discrete data, and the ODE encoder/decoder,
+for any `sde.base.SDE`.
 
-Along the probability-flow ODE dx/dt = f̃(x, t) = −½β(t)(x − ε(x, t)/σ_t) the density obeys
+Along the probability-flow ODE dx/dt = f̃(x, t) = f(t)x + ½g²(t)ε(x, t)/σ_t the density obeys
 d log p_t(x_t)/dt = −∇·f̃(x_t, t) (the instantaneous change of variables), so for x = x_{t_eps}
 
-    log p(x) = log N(x_1; 0, I) + ∫_{t_eps}^1 ∇·f̃(x_t, t) dt,   ∇·f̃ = −½β(t)(D − ∇·ε/σ_t),
+    log p(x) = log π(x_1) + ∫_{t_eps}^1 ∇·f̃(x_t, t) dt,   ∇·f̃ = D f(t) + ½g²(t) ∇·ε/σ_t,
 
 integrated with torchdiffeq on the augmented state [x_t, ∫∇·f̃] (Song et al. 2021, App. D). ∇·ε is exact
 (one VJP per dimension, batched through vmap: small D only) or Hutchinson's estimate vᵀ(∂ε/∂x)v with a
-probe v fixed for one integration and drawn afresh for each repeat (one VJP per call).
+probe v fixed for one integration and drawn afresh for each repeat (one VJP per call). π is the SDE's prior.
+The integrations run on `uniform_grid(steps or 1, t_eps)` reversed (`solvers.ode_grid`: the two ends for the
+adaptive methods, `steps` equal steps for the fixed-step ones).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import math
 
 import torch
 
-from .sampling import CountedModel, FlowDrift, batch_time, beta_and_std, check_choice, sample_ode, solve_ode
-from .vp import VPSDE
+from .base import SDE
+from .solvers import CountedModel, ProbabilityFlow, batch_time, check_choice, ode_grid, solve_ode
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
@@ -64,21 +67,19 @@ def _exact(x: torch.Tensor):
 
 
 class _AugmentedFlow:
-    """d/dt [x, ℓ] = [f̃(x, t), ∇·f̃(x, t)] with f̃ = −½β(x − ε/σ) and ∇·f̃ = −½β(D − ∇·ε/σ)."""
+    """d/dt [x, ℓ] = [f̃(x, t), ∇·f̃(x, t)] with f̃ = f x + ½g² ε/σ and ∇·f̃ = D f + ½g² ∇·ε/σ."""
 
-    def __init__(self, model: CountedModel, sde: VPSDE, divergence):
+    def __init__(self, model: CountedModel, sde: SDE, divergence):
         self.model, self.sde, self.divergence = model, sde, divergence
 
     def __call__(self, t: torch.Tensor, state):
         x, _ = state
-        beta, std = beta_and_std(self.sde, t)
+        coefficients = self.sde.coefficients(t)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             eps = self.model(x, batch_time(t, x))
             div_eps = self.divergence(eps, x)
-        drift = -0.5 * beta * (x.detach() - eps.detach() / std)
-        div = -0.5 * beta * (x[0].numel() - div_eps / std)
-        return drift, div
+        return coefficients.flow_drift(x.detach(), eps.detach()), coefficients.flow_divergence(x[0].numel(), div_eps)
 
 
 def _probe(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -88,7 +89,7 @@ def _probe(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> tor
 
 
 @torch.no_grad()
-def ode_log_likelihood(eps_fn, sde: VPSDE, x: torch.Tensor, divergence: str = "hutchinson",
+def ode_log_likelihood(eps_fn, sde: SDE, x: torch.Tensor, divergence: str = "hutchinson",
                        probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, t_eps: float = 1e-5,
                        repeats: int = 1, method: str = "dopri5", generator: torch.Generator | None = None,
                        steps: int | None = None) -> LogLikelihood:
@@ -102,14 +103,14 @@ def ode_log_likelihood(eps_fn, sde: VPSDE, x: torch.Tensor, divergence: str = "h
     check_choice(probe, PROBES, "probe")
     if repeats < 1 or (divergence == "exact" and repeats != 1):
         raise ValueError(f"repeats must be >= 1, and 1 for the exact divergence; got {repeats}")
+    times = ode_grid(method, steps, t_eps).flip(0)
     model = CountedModel(eps_fn)
     estimates = []
     for _ in range(repeats):
         div_fn = _exact(x) if divergence == "exact" else _hutchinson(_probe(x, probe, generator))
         state = (x, x.new_zeros(x.shape[0]))
-        x_1, integral = solve_ode(_AugmentedFlow(model, sde, div_fn), state, t_eps, 1.0, model, method, rtol, atol,
-                                  steps)
-        estimates.append(sde.prior_logp(x_1) + integral)
+        x_1, integral = solve_ode(_AugmentedFlow(model, sde, div_fn), state, times, model, method, rtol, atol)
+        estimates.append(sde.prior_log_prob(x_1) + integral)
     logp, _ = model.finish(torch.stack(estimates).mean(0), 1.0)
     stderr = torch.stack(estimates).std(0) / math.sqrt(repeats) if repeats > 1 else None
     return LogLikelihood(logp, model.nfe, stderr)
@@ -139,7 +140,7 @@ def bits_per_dim(nll_nats: torch.Tensor, dim: int, levels: int) -> torch.Tensor:
     return nll_nats / (dim * math.log(2)) + math.log2((levels - 1) / 2)
 
 
-def ode_bits_per_dim(eps_fn, sde: VPSDE, x: torch.Tensor, levels: int, generator: torch.Generator | None = None,
+def ode_bits_per_dim(eps_fn, sde: SDE, x: torch.Tensor, levels: int, generator: torch.Generator | None = None,
                      **options) -> LogLikelihood:
     """bits/dim (B,) of discrete data x in [−1, 1]: dequantize, `ode_log_likelihood`, `bits_per_dim`.
     Returns (bpd, nfe) as a `LogLikelihood` whose `.stderr` is in bits/dim."""
@@ -151,18 +152,22 @@ def ode_bits_per_dim(eps_fn, sde: VPSDE, x: torch.Tensor, levels: int, generator
 
 
 # --- the ODE as an encoder/decoder -----------------------------------------------------------------------------
+def _flow(eps_fn, sde: SDE, x: torch.Tensor, times: torch.Tensor, method: str, rtol: float, atol: float):
+    model = CountedModel(eps_fn)
+    return model.finish(solve_ode(ProbabilityFlow(model, sde), x, times, model, method, rtol, atol), float(times[-1]))
+
+
 @torch.no_grad()
-def ode_encode(eps_fn, sde: VPSDE, x: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+def ode_encode(eps_fn, sde: SDE, x: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                t_eps: float = 1e-5, steps: int | None = None):
     """z = x_1, the probability-flow ODE integrated from x at t_eps to t = 1 (the inverse of `ode_decode`).
     Returns (z, nfe)."""
-    model = CountedModel(eps_fn)
-    z = solve_ode(FlowDrift(model, sde), x, t_eps, 1.0, model, method, rtol, atol, steps)
-    return model.finish(z, 1.0)
+    return _flow(eps_fn, sde, x, ode_grid(method, steps, t_eps).flip(0), method, rtol, atol)
 
 
-def ode_decode(eps_fn, sde: VPSDE, z: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+@torch.no_grad()
+def ode_decode(eps_fn, sde: SDE, z: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                t_eps: float = 1e-5, steps: int | None = None):
     """x = x_{t_eps}, the probability-flow ODE integrated from z at t = 1 down to t_eps (`sample_ode` without
     denoising). Returns (x, nfe)."""
-    return sample_ode(eps_fn, sde, z, method=method, rtol=rtol, atol=atol, t_eps=t_eps, steps=steps)
+    return _flow(eps_fn, sde, z, ode_grid(method, steps, t_eps), method, rtol, atol)

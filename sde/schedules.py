@@ -1,7 +1,7 @@
 """Noise schedules of the VP-SDE, as data.
 
 A schedule is the integrated noise rate B(t) = ∫_0^t β(s) ds on t ∈ [0, 1], from which the
-VP-SDE's marginal follows: ᾱ(t) = exp(−B(t)). Each schedule gives, in float64,
+VP and sub-VP SDEs' marginals follow: ᾱ(t) = exp(−B(t)). Each schedule gives, in float64,
     beta(t)              β(t) = dB/dt
     integral(t)          B(t)
     inv_integral(B)      t with B(t) = B
@@ -102,7 +102,7 @@ class GeometricSchedule:
 
     With r = σ²_max/σ²_min:  ᾱ(t) = 1 − σ²_t,  B(t) = −log(1 − σ²_min(r^t − 1)),
     β(t) = σ²_min r^t log r / (1 − σ²_min(r^t − 1)). The likelihood weighting β/(2σ²_t) is then nearly
-    constant in log σ², which is why LSGM samples t through σ² (see `sde.time`).
+    constant in log σ², which is why LSGM samples t through σ² (see `sde.weighting`).
     """
 
     def __init__(self, sigma2_min: float = 1e-4, sigma2_max: float = 0.99):
@@ -131,3 +131,16 @@ class GeometricSchedule:
 
 
 SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule, "geometric": GeometricSchedule}
+
+
+def make_schedule(name: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, sigma2_min: float = 1e-4,
+                  sigma2_max: float = 0.99, cosine_s: float = 0.008, cosine_logsnr_end: float = -10.0):
+    """The named schedule from the arguments it reads: linear (beta_min, beta_max), cosine (cosine_s,
+    cosine_logsnr_end), geometric (sigma2_min, sigma2_max); the others are ignored."""
+    if name == "linear":
+        return LinearSchedule(beta_min, beta_max)
+    if name == "cosine":
+        return CosineSchedule(cosine_s, cosine_logsnr_end)
+    if name == "geometric":
+        return GeometricSchedule(sigma2_min, sigma2_max)
+    raise ValueError(f"unknown schedule {name!r}; valid: {sorted(SCHEDULES)}")

@@ -11,8 +11,9 @@ import scipy.stats
 import torch
 
 import sde
-from sde import sampling
+from sde import sampling, solvers
 from sde.gaussian import GaussianMixture, gaussian
+from sde.grids import edm_grid, uniform_grid
 
 VP = sde.VPSDE()
 SCHEDULE = VP.discretize(1000)
@@ -74,13 +75,13 @@ def assert_moments(x, mean, cov, allowance, k=4.0):
 # order) at 250 steps −4.3%, Heun and DPM-Solver++(2M) at 50 steps +1.9%, PC (reverse diffusion, snr 0.16, 500
 # steps) +4.5%; the ODE (tolerance 1e-5) and the SDE (Euler, 500 steps) showed none above sampling error (0.005).
 SAMPLERS = {
-    "ode": (lambda e, d, x, g: sampling.sample_ode(e, VP, x), 0.01),
-    "sde": (lambda e, d, x, g: sampling.sample_sde(e, VP, x, steps=500, generator=g), 0.02),
+    "ode": (lambda e, d, x, g: sampling.sample_ode(e, VP, x, uniform_grid(1, 1e-5)), 0.01),
+    "sde": (lambda e, d, x, g: sampling.sample_sde(e, VP, x, uniform_grid(500, 1e-3), generator=g), 0.02),
     "ddpm": (lambda e, d, x, g: sampling.sample_ddpm(d, SCHEDULE, x, generator=g), 0.05),
     "ddim": (lambda e, d, x, g: sampling.sample_ddim(d, SCHEDULE, x, steps=250), 0.09),
-    "heun": (lambda e, d, x, g: sampling.sample_heun(e, VP, x, steps=50), 0.04),
-    "dpm2m": (lambda e, d, x, g: sampling.sample_dpm2m(e, VP, x, steps=50), 0.04),
-    "pc": (lambda e, d, x, g: sampling.sample_pc(e, VP, x, steps=500, generator=g), 0.09),
+    "heun": (lambda e, d, x, g: sampling.sample_heun(e, VP, x, edm_grid(VP, 49, 1e-3)), 0.04),
+    "dpm2m": (lambda e, d, x, g: sampling.sample_dpm2m(e, VP, x, edm_grid(VP, 49, 1e-3)), 0.04),
+    "pc": (lambda e, d, x, g: sampling.sample_pc(e, VP, x, uniform_grid(500, 1e-3), generator=g), 0.09),
 }
 
 
@@ -140,17 +141,17 @@ def rotated_gaussian(dim=4, seed=0):
 def test_ode_sampler_follows_the_exact_flow_map():
     data = rotated_gaussian()
     x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, rtol=1e-7, atol=1e-7)
+    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(1, 1e-5), rtol=1e-7, atol=1e-7)
     assert (x - exact_flow(data, x_T, 1.0, 1e-5)).abs().max() < 1e-4
-    x_rk4, nfe_rk4 = sampling.sample_ode(data.eps_fn(VP), VP, x_T, method="rk4", steps=200)
+    x_rk4, nfe_rk4 = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(200, 1e-5), method="rk4")
     assert nfe_rk4 == 800 and (x_rk4 - x).abs().max() < 1e-3
 
 
 def test_ode_denoise_is_tweedie_at_t_eps():
     data = rotated_gaussian()
     x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, t_eps=1e-2)
-    x0, nfe0 = sampling.sample_ode(data.eps_fn(VP), VP, x_T, t_eps=1e-2, denoise=True)
+    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(1, 1e-2))
+    x0, nfe0 = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(1, 1e-2), denoise=True)
     mean_coeff, std = VP.marginal(torch.tensor(1e-2, dtype=torch.float64))
     eps = data.eps(x, mean_coeff, std)
     assert nfe0 == nfe + 1 and torch.allclose(x0, (x - std * eps) / mean_coeff, atol=1e-12)
@@ -166,13 +167,14 @@ def test_few_step_solvers_converge_at_second_order(name):
     x_eps = exact_flow(data, x_T, 1.0, 1e-3)
     target = (x_eps - std * data.eps(x_eps, mean_coeff, std)) / mean_coeff
     solver = getattr(sampling, f"sample_{name}")
-    errors = [(solver(data.eps_fn(VP), VP, x_T, steps=steps)[0] - target).abs().max() for steps in (40, 80, 160)]
+    errors = [(solver(data.eps_fn(VP), VP, x_T, edm_grid(VP, steps - 1, 1e-3))[0] - target).abs().max()
+              for steps in (40, 80, 160)]
     assert errors[2] < 3e-3
     assert errors[0] / errors[1] > 3 and errors[1] / errors[2] > 3, f"errors {errors}"
 
 
-def test_edm_times_follow_the_rho_spacing():
-    times = sampling.edm_times(VP, 10, t_eps=1e-3, rho=7.0)
+def test_edm_grid_follows_the_rho_spacing():
+    times = edm_grid(VP, 9, t_eps=1e-3, rho=7.0)
     mean_coeff, std = VP.marginal(times)
     root = (std / mean_coeff) ** (1 / 7)
     assert times[0] == 1.0 and times[-1] == 1e-3
@@ -268,8 +270,9 @@ def test_sde_counts_calls_and_reuses_torchsde_repeats():
     data = gaussian_2d()
     x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps_fn = data.eps_fn(VP)
-    _, nfe = sampling.sample_sde(eps_fn, VP, x_T, steps=100, denoise=False, generator=torch.Generator())
-    _, nfe_srk = sampling.sample_sde(eps_fn, VP, x_T, method="srk", steps=100, generator=torch.Generator())
+    grid = uniform_grid(100, 1e-3)
+    _, nfe = sampling.sample_sde(eps_fn, VP, x_T, grid, denoise=False, generator=torch.Generator())
+    _, nfe_srk = sampling.sample_sde(eps_fn, VP, x_T, grid, method="srk", generator=torch.Generator())
     assert nfe == 100  # torchsde's shape check and the first step share one call
     assert nfe_srk == 201  # SRA1: two distinct calls per step, plus the final denoising
 
@@ -281,7 +284,7 @@ def test_sde_is_reproducible_and_milstein_equals_euler_for_additive_noise():
 
     def run_sde(method, seed):
         generator = torch.Generator().manual_seed(seed)
-        return sampling.sample_sde(eps_fn, VP, x_T, method=method, steps=50, generator=generator)[0]
+        return sampling.sample_sde(eps_fn, VP, x_T, uniform_grid(50, 1e-3), method=method, generator=generator)[0]
 
     euler = run_sde("euler", 1)
     assert torch.equal(euler, run_sde("euler", 1))
@@ -290,7 +293,7 @@ def test_sde_is_reproducible_and_milstein_equals_euler_for_additive_noise():
 
 
 def test_brownian_increments_have_the_right_law_and_refuse_revisits():
-    bm = sampling.BrownianIncrements((20000, 2), torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0),
+    bm = solvers.BrownianIncrements((20000, 2), torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0),
                                      levy_area=True)
     increment, area = bm(torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.04, dtype=torch.float64), return_U=True)
     space_time = area / 0.04 - 0.5 * increment  # H = U/h − W/2 ~ N(0, h/12), independent of W
@@ -321,16 +324,23 @@ def test_unknown_names_raise_value_errors_listing_the_valid_ones():
     eps_fn = data.eps_fn(VP)
     with pytest.raises(ValueError, match="valid: ode, sde, ddpm, ddim, heun, dpm2m, pc"):
         sampling.sample(eps_fn, VP, x_T, sampler="langevin")
+    grid = uniform_grid(10, 1e-3)
     with pytest.raises(ValueError, match="dopri5.*rk4"):
-        sampling.sample_ode(eps_fn, VP, x_T, method="rk45")
+        sampling.sample_ode(eps_fn, VP, x_T, grid, method="rk45")
     with pytest.raises(ValueError, match="euler, milstein, srk"):
-        sampling.sample_sde(eps_fn, VP, x_T, method="heun")
+        sampling.sample_sde(eps_fn, VP, x_T, grid, method="heun")
     with pytest.raises(ValueError, match="reverse_diffusion, euler_maruyama"):
-        sampling.sample_pc(eps_fn, VP, x_T, predictor="ancestral")
+        sampling.sample_pc(eps_fn, VP, x_T, grid, predictor="ancestral")
     with pytest.raises(ValueError, match="small, large"):
         sampling.sample_ddpm(data.eps_fn_discrete(SCHEDULE), SCHEDULE, x_T, variance="fixed")
     with pytest.raises(ValueError, match="steps"):
-        sampling.sample_ode(eps_fn, VP, x_T, method="rk4")
+        sampling.sample(eps_fn, VP, x_T, "ode", method="rk4")
+    with pytest.raises(ValueError, match="two ends"):
+        sampling.sample_ode(eps_fn, VP, x_T, grid)
+    with pytest.raises(ValueError, match="decrease"):
+        sampling.sample_heun(eps_fn, VP, x_T, grid.flip(0))
+    with pytest.raises(ValueError, match="either"):
+        sampling.sample(eps_fn, VP, x_T, "sde", times=grid, steps=10)
 
 
 def nan_below_half(eps_fn):
