@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from nvae.train import save_checkpoint as write_atomically
 
 FORMAT = "lsgm-checkpoint-v1"
 REQUIRED_KEYS = ("format", "config", "model", "step")
@@ -21,9 +21,18 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` (tagged with the format) to a temporary file and `os.replace` it over `path`, so that an
-    interrupted save leaves the previous checkpoint intact."""
-    write_atomically(str(path), {"format": FORMAT, **state})
+    """Write `state` (tagged with the format) to a unique temporary file beside `path` and `os.replace` it over
+    `path`, so that an interrupted save leaves the previous checkpoint intact (and two writers never share a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({"format": FORMAT, **state}, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -345,7 +345,7 @@ class NVAE(nn.Module):
         -log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x);
         it is >= -log p(x) and tightens as k grows; k = 1 is the single-sample ELBO.
         Samples are drawn in chunks of at most ``max_batch`` images. Call it in eval mode (dropout off,
-        BatchNorm on its running statistics), as ``nvae.train.evaluate_bpd`` does."""
+        BatchNorm on its running statistics)."""
         b = x.shape[0]
         per_chunk = max(1, max_batch // b)
         log_w = []

@@ -8,7 +8,6 @@ take the run's progress p in [0, 1] (step / steps).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,12 +69,3 @@ def training_loss(vae: NVAE, x: torch.Tensor, kl_weight: float, cfg: FitConfig) 
     terms["norm"] = vae.norm_loss()
     terms["loss"] = terms["loss"] + cfg.spectral_weight * terms["spectral"] + cfg.norm_weight * terms["norm"]
     return terms
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written checkpoint.
-    (lsgm.checkpoint's writer; it belongs there and leaves nvae when lsgm/checkpoint.py takes it over.)"""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
