@@ -86,17 +86,18 @@ def sampler_runs(vp: sde.VPSDE, x_T: torch.Tensor):
         return lambda eps_fn: fn(sampling.discrete_eps_fn(eps_fn, 1000))
 
     return {
-        "ode dopri5 (tol 1e-5)": lambda e: sampling.sample_ode(e, vp, x_T),
-        "ode rk4 (50 steps)": lambda e: sampling.sample_ode(e, vp, x_T, method="rk4", steps=50),
-        "sde euler (1000 steps)": lambda e: sampling.sample_sde(e, vp, x_T, steps=1000, generator=generator),
-        "sde milstein (500 steps)": lambda e: sampling.sample_sde(e, vp, x_T, method="milstein", steps=500,
-                                                                  generator=generator),
-        "sde srk (250 steps)": lambda e: sampling.sample_sde(e, vp, x_T, method="srk", steps=250, generator=generator),
+        "ode dopri5 (tol 1e-5)": lambda e: sampling.sample(e, vp, x_T, "ode"),
+        "ode rk4 (50 steps)": lambda e: sampling.sample(e, vp, x_T, "ode", method="rk4", steps=50),
+        "sde euler (1000 steps)": lambda e: sampling.sample(e, vp, x_T, "sde", steps=1000, generator=generator),
+        "sde milstein (500 steps)": lambda e: sampling.sample(e, vp, x_T, "sde", method="milstein", steps=500,
+                                                              generator=generator),
+        "sde srk (250 steps)": lambda e: sampling.sample(e, vp, x_T, "sde", method="srk", steps=250,
+                                                         generator=generator),
         "ddpm (T = 1000)": discrete(lambda e: sampling.sample_ddpm(e, schedule, x_T, generator=generator)),
         "ddim (50 steps)": discrete(lambda e: sampling.sample_ddim(e, schedule, x_T, steps=50)),
-        "heun (18 steps)": lambda e: sampling.sample_heun(e, vp, x_T, steps=18),
-        "dpm2m (20 steps)": lambda e: sampling.sample_dpm2m(e, vp, x_T, steps=20),
-        "pc (500 steps)": lambda e: sampling.sample_pc(e, vp, x_T, steps=500, generator=generator),
+        "heun (18 steps)": lambda e: sampling.sample(e, vp, x_T, "heun", steps=18),
+        "dpm2m (20 steps)": lambda e: sampling.sample(e, vp, x_T, "dpm2m", steps=20),
+        "pc (500 steps)": lambda e: sampling.sample(e, vp, x_T, "pc", steps=500, generator=generator),
     }
 
 

@@ -102,11 +102,11 @@ def load_model(path: Path, option: str, latent: bool):
         model = cli.load_model(str(path), "cpu")
     except CheckpointError as error:
         raise SystemExit(f"{PROGRAM}: error: {error}") from None
-    if latent and model.vae is None:
-        raise SystemExit(f"{PROGRAM}: error: {option} {path} is a pixel-space model; give a latent (LSGM) checkpoint, "
+    if latent and model.kind != "lsgm":
+        raise SystemExit(f"{PROGRAM}: error: {option} {path} is a {model.kind} model; give a latent (LSGM) checkpoint, "
                          "e.g. of experiment=digits (a pixel one goes to --pixel)")
-    if not latent and model.vae is not None:
-        raise SystemExit(f"{PROGRAM}: error: {option} {path} is a latent model; give a pixel-space checkpoint, "
+    if not latent and model.kind not in ("pixel", "ddpm"):
+        raise SystemExit(f"{PROGRAM}: error: {option} {path} is a {model.kind} model; give a pixel-space checkpoint, "
                          "e.g. of experiment=digits_ddpm or digits_pixel")
     return model
 

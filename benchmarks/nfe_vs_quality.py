@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
-import inspect
 import itertools
 import math
 import time
@@ -55,6 +54,7 @@ from lsgm.data import load_dataset
 from lsgm.metrics.plots import new_figure, save_figure
 from lsgm.metrics.quality import sample_quality
 from lsgm.sample import draw
+from sde import sampling
 from sde.sampling import SAMPLERS, NonFiniteError
 
 DEFAULT_SWEEP = (
@@ -91,10 +91,10 @@ def parse_value(text: str):
 
 
 def sampler_options(sampler: str) -> list[str]:
-    """The keyword options of a sampler function: its arguments after eps_fn, the process and x_T, without those
-    that `model.sample` sets itself (the generator; the temperature, which scales z_1 there)."""
-    names = list(inspect.signature(SAMPLERS[sampler]).parameters)[3:]
-    return [name for name in names if name not in ("callback", "generator", "temperature")]
+    """The options `sde.sampling.sample` takes for a sampler, without those that `model.sample` sets itself (the
+    generator; the temperature, which scales z_1 there) and the explicit time grid (the sweep sets `steps`)."""
+    unset = ("callback", "generator", "temperature", "times")
+    return [name for name in sampling.sampler_options(sampler) if name not in unset]
 
 
 def parse_entry(entry: str) -> SweepEntry:

@@ -4,7 +4,7 @@
 
 DDPM's progressive coding (Ho et al. 2020, §4.3) sends x_T, then the step terms from t = T down to 1; after the
 step-t term the receiver predicts x̂_0 from x_t. For an LSGM the chain runs on the score model's latents (every
-group's ε, packed) of one posterior draw per image, and x̂_0 is decoded to an image (`lsgm.evaluate.diffusion_bound`).
+group's ε, packed) of one posterior draw per image, and x̂_0 is decoded to an image (`LSGM.diffusion_bound`).
 Columns per evaluated step t: rate, the bits/dim received once x_t is known (L_T plus the terms above t); distortion,
 the RMSE of the decoded prediction against the image on the level scale (0..levels − 1); term, the step-t term in
 bits/dim. The steps are `--num-steps` of the T = 1000 chain, spaced log-uniformly so that the low-t end, where the
@@ -30,7 +30,6 @@ import torch
 import lsgm
 from lsgm.build import load_splits
 from lsgm.checkpoint import CheckpointError
-from lsgm.evaluate import diffusion_bound
 
 SHOWN_STEPS = (1000, 900, 700, 500, 300, 200, 100, 50, 20, 10, 5, 2, 1)
 
@@ -46,9 +45,9 @@ def rate_distortion_rows(checkpoint: Path, num_steps: int, max_images: int | Non
     x = load_splits(model.config.data)["test"].x[:max_images]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    _, table = diffusion_bound(model, x, num_steps=num_steps, generator=generator)
+    _, table = model.diffusion_bound(x, num_steps=num_steps, generator=generator)
     floor = 0.0
-    if model.vae is not None:  # the same posterior draw as the chain's: its first random numbers after the seed
+    if model.kind == "lsgm":  # the same posterior draw as the chain's: its first random numbers after the seed
         torch.manual_seed(seed)
         with torch.no_grad():
             decoded = model.decode(model.encode(x), mean=True)

@@ -135,10 +135,8 @@ def load_run(folder: Path, group: str) -> Run:
         fail(str(error))
     if model.config.data.name != "digits":
         fail(f"digits-FD needs a digits model; {path} was trained on {model.config.data.name}")
-    if group == "lsgm" and (model.vae is None or model.prior != "sgm"):
-        fail(f"--lsgm wants an LSGM run (experiment=digits); {path} has no VAE or no score prior")
-    if group == "ddpm" and (model.vae is not None or not model.discrete):
-        fail(f"--ddpm wants a pixel DDPM run (experiment=digits_ddpm); {path} is not a pixel-space discrete chain")
+    if model.kind != group:
+        fail(f"--{group} wants a {group} run (experiment={PRESETS[group]}); {path} is a {model.kind} model")
     return Run(folder, int(model.config.seed), model)
 
 

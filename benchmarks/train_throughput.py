@@ -24,28 +24,17 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from lsgm.objective import joint_loss, score_loss
 from lsgm.train import Trainer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 
-def bare_joint(trainer: Trainer, x: torch.Tensor) -> None:
-    """Forward of the joint objective and one backward of its two losses' sum (no updates)."""
-    terms = joint_loss(trainer.model, x, 1.0, trainer.t.scheme_p, trainer.t.scheme_q, trainer.cfg.sde.t_eps)
-    (terms.loss_vae + terms.loss_score).backward()
-    trainer.model.zero_grad(set_to_none=True)
-
-
-def bare_stage1(trainer: Trainer, x: torch.Tensor) -> None:
-    """Forward of the stage-1 losses (the VAE's, plus the score model's on the detached latents when it learns in
-    stage 1, `train.score_in_stage1`) and one backward of their sum."""
-    terms = trainer.model.vae.loss(x)
-    loss = terms["loss"]
-    if trainer.t.get("score_in_stage1"):
-        z0 = trainer.model.vae.pack(terms["eps"]).detach()
-        loss = loss + score_loss(trainer.model, z0, trainer.t.scheme_p, trainer.cfg.sde.t_eps).mean()
-    loss.backward()
+def bare_pass(trainer: Trainer, x: torch.Tensor) -> None:
+    """The model's losses in the phase of the trainer's step (`model.losses`: the VAE's and, when it learns, the
+    score model's) and one backward of their sum: no clipping, no updates, no EMA."""
+    phase = trainer.phase(trainer.progress.step)
+    losses = trainer.model.losses(phase, x, trainer.loss_options(x, None, 1.0))
+    sum(loss for loss in (losses.loss_vae, losses.loss_score) if loss is not None).backward()
     trainer.model.zero_grad(set_to_none=True)
 
 
@@ -56,7 +45,7 @@ def timed(fn, batches) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def measure(trainer: Trainer, phase_step: int, bare, steps: int, rounds: int = 3) -> dict:
+def measure(trainer: Trainer, phase_step: int, steps: int, rounds: int = 3) -> dict:
     """Median seconds per step of the trainer's step and of the bare pass, interleaved in `rounds`."""
     trainer.progress.step = phase_step
     batches = [next(trainer.stream).x for _ in range(steps)]
@@ -64,7 +53,7 @@ def measure(trainer: Trainer, phase_step: int, bare, steps: int, rounds: int = 3
     for _ in range(rounds):
         step_times.append(timed(lambda x: trainer.train_step(x), batches))
         trainer.progress.step = phase_step
-        bare_times.append(timed(lambda x: bare(trainer, x), batches))
+        bare_times.append(timed(lambda x: bare_pass(trainer, x), batches))
     step, bare_time = statistics.median(step_times), statistics.median(bare_times)
     batch = batches[0].shape[0]
     return {"images_per_second": batch / step, "bare_images_per_second": batch / bare_time,
@@ -85,8 +74,8 @@ def main() -> None:
         trainer = Trainer(cfg, run_dir)
         for _ in range(3):  # warm-up, both phases
             trainer.train_step(next(trainer.stream).x)
-        rows = {"stage 1": measure(trainer, 0, bare_stage1, args.steps),
-                "joint": measure(trainer, cfg.train.stage1_steps, bare_joint, args.steps)}
+        rows = {"stage 1": measure(trainer, 0, args.steps),
+                "joint": measure(trainer, cfg.train.stage1_steps, args.steps)}
         trainer.close()
     print(f"batch {cfg.train.batch_size}, {args.threads} thread(s), device {trainer.device}")
     print("| phase | images/s (step) | images/s (bare fwd+bwd) | ms/step | overhead step/bare |")

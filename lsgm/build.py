@@ -1,4 +1,4 @@
-"""Objects from a run's config: the SDE, the VAE, the score network, the LSGM model; and `load`."""
+"""Objects from a run's config: the SDE, the VAE, the score network, the model of the config's kind; and `load`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ from collections.abc import Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 import nvae
-from sde import VPSDE
+from sde import SDE, make_sde
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .conditioning import build_condition
 from .data import load_dataset
-from .model import LSGM
+from .models import DDPM, LSGM, PixelSGM, VAEAlone
 from .score_net import ScoreNet
-
-SDE_ONLY_KEYS = ("discrete_steps", "t_eps")
 
 
 def plain(cfg) -> dict:
@@ -26,9 +25,9 @@ def plain(cfg) -> dict:
     return dict(cfg)
 
 
-def build_sde(cfg: Mapping) -> VPSDE:
-    """VPSDE(schedule, ...) from the `sde` group; `discrete_steps`/`t_eps` belong to the model and trainer."""
-    return VPSDE(**{k: v for k, v in plain(cfg).items() if k not in SDE_ONLY_KEYS})
+def build_sde(cfg: Mapping) -> SDE:
+    """The SDE of the `sde` group's `process` (`sde.make_sde`: kind vp | subvp | ve and its arguments)."""
+    return make_sde(plain(cfg)["process"])
 
 
 def build_vae(cfg: Mapping, data_shape, levels: int | None):
@@ -37,27 +36,125 @@ def build_vae(cfg: Mapping, data_shape, levels: int | None):
     if cfg.get("name", "nvae") == "none":
         return None
     if levels is None:
-        raise ValueError("the VAE's decoder needs discrete data (levels); use vae=none for continuous toy data")
+        raise ValueError("the VAE's decoder needs discrete data (levels); for continuous data use a pixel-space kind")
     channels, height, width = data_shape
     if height != width:
         raise ValueError(f"the VAE expects square images, got {height}x{width}")
     return nvae.NVAE(in_channels=channels, image_size=height, levels=levels, **cfg.get("params", {}))
 
 
-def build_model(cfg: Mapping, data_shape, levels: int | None) -> LSGM:
-    """The LSGM model of a run config (root config with `sde`, `vae`, `score`, optional `condition`)."""
+def has_vae(cfg) -> bool:
+    return plain(cfg["vae"]).get("name", "nvae") != "none"
+
+
+def is_discrete(cfg) -> bool:
+    return plain(cfg["score"]).get("discrete_steps") is not None
+
+
+def is_vp(cfg) -> bool:
+    return plain(cfg["sde"])["process"].get("kind", "vp") == "vp"
+
+
+def normal_prior(cfg) -> bool:
+    """The objectives' closed forms (`lsgm.objective`) take the SDE's prior to be N(0, I): VP and sub-VP."""
+    return plain(cfg["sde"])["process"].get("kind", "vp") in ("vp", "subvp")
+
+
+def normal_base_on_vp(cfg) -> bool:
+    """The mixed and the residual score's base σ_t z_t is the exact ε of N(0, I) under the VP-SDE only."""
+    score = plain(cfg["score"])
+    return is_vp(cfg) or not (score.get("mixed", True) or score.get("residual", False))
+
+
+def no_stage1(cfg) -> bool:
+    return plain(cfg.get("train", {})).get("stage1_steps", 0) == 0
+
+
+# What each model kind needs of a config: (the requirement as a user fixes it, its test).
+HAS_VAE = ("a VAE (vae=digits, vae=mnist, ...), not vae=none", has_vae)
+CONTINUOUS = ("a continuous-time model (score.discrete_steps: null; a discrete chain is kind=ddpm)",
+              lambda cfg: not is_discrete(cfg))
+NORMAL_PRIOR = ("an SDE with a N(0, I) prior, VP or sub-VP (the objective's closed forms assume it; VE is refused)",
+                normal_prior)
+NORMAL_BASE = ("the VP-SDE for the mixed or residual score (sde=vp, geometric, cosine; or score.mixed: false)",
+               normal_base_on_vp)
+NO_STAGE1 = ("train.stage1_steps: 0 (no VAE to train first)", no_stage1)
+KIND_RULES = {
+    "lsgm": (HAS_VAE, CONTINUOUS, NORMAL_PRIOR, NORMAL_BASE,
+             ("train.mode joint or disjoint (the VAE alone is kind=vae)",
+              lambda cfg: plain(cfg["train"]).get("mode") in ("joint", "disjoint"))),
+    "vae": (HAS_VAE, ("no condition (a VAE alone is unconditional)", lambda cfg: not cfg.get("condition"))),
+    "pixel": (("vae=none (a pixel-space model has no VAE)", lambda cfg: not has_vae(cfg)), CONTINUOUS, NORMAL_PRIOR,
+              NORMAL_BASE, NO_STAGE1),
+    "ddpm": (("vae=none (DDPM is a pixel-space chain)", lambda cfg: not has_vae(cfg)),
+             ("a discrete chain: score.discrete_steps: T", is_discrete),
+             ("the VP-SDE, which DDPM's chain discretises (sde=ddpm, vp, ...)", is_vp),
+             ("score.mixed: false and score.residual: false (DDPM's network predicts ε itself)",
+              lambda cfg: not (plain(cfg["score"]).get("mixed", True) or plain(cfg["score"]).get("residual"))),
+             NO_STAGE1),
+}
+
+
+def config_kind(cfg) -> str:
+    """The config's model kind (`kind`), checked against `KIND_RULES`: one error lists every unmet requirement."""
+    kind = cfg.get("kind")
+    if kind not in KIND_RULES:
+        raise ValueError(f"unknown kind {kind!r}; valid: {list(KIND_RULES)}")
+    unmet = [need for need, holds in KIND_RULES[kind] if not holds(cfg)]
+    if unmet:
+        raise ValueError(f"kind={kind} needs " + "; ".join(unmet) +
+                         " (or pick another kind: the experiment presets set kind with its groups)")
+    return kind
+
+
+def build_model(cfg: Mapping, data_shape, levels: int | None, num_classes: int | None = None) -> nn.Module:
+    """The model of a run config (root config with `kind`, `sde`, `vae`, `score`, optional `condition`), one of
+    `lsgm.models.KINDS`; `num_classes` is the dataset's (for a class condition)."""
+    kind = config_kind(cfg)
+    vae = build_vae(cfg["vae"], data_shape, levels) if kind in ("lsgm", "vae") else None
+    if kind == "vae":
+        return VAEAlone(vae, data_shape, levels)
     sde = build_sde(cfg["sde"])
-    vae = build_vae(cfg["vae"], data_shape, levels)
     latent_shape = tuple(vae.latent_shape) if vae is not None else tuple(data_shape)
     score = plain(cfg["score"])
-    condition = build_condition(plain(cfg["condition"]) if cfg.get("condition") else None, data_shape, latent_shape)
+    condition = build_condition(plain(cfg["condition"]) if cfg.get("condition") else None, data_shape, latent_shape,
+                                num_classes)
     net = ScoreNet(in_channels=latent_shape[0], image_size=latent_shape[1], **score.get("net", {}),
                    **(condition.network_arguments() if condition is not None else {}))
-    vae_alone = plain(cfg.get("train", {})).get("mode") == "vae"
-    return LSGM(net, sde, vae=vae, data_shape=data_shape, levels=levels,
-                mixing_logit_init=score.get("mixing_logit_init", -3.0), mixed=score.get("mixed", True),
-                discrete_steps=plain(cfg["sde"]).get("discrete_steps"), prior="vae" if vae_alone else "sgm",
-                condition=condition)
+    if kind == "ddpm":
+        return DDPM(net, sde, score["discrete_steps"], data_shape, levels, condition)
+    mixing = {"mixing_logit_init": score.get("mixing_logit_init", -3.0), "mixed": score.get("mixed", True),
+              "residual": score.get("residual", False)}
+    if kind == "pixel":
+        return PixelSGM(net, sde, data_shape, levels, condition=condition, **mixing)
+    return LSGM(net, sde, vae, data_shape, levels, condition=condition, **mixing)
+
+
+def upgrade_config(config: DictConfig) -> DictConfig:
+    """A checkpoint's config written before model kinds, in this version's layout (a copy): `kind` from the flags
+    that meant it (no VAE: ddpm for a discrete chain, else pixel; train.mode=vae: vae; else lsgm), the `sde`
+    group's SDE keys under `process`, `discrete_steps` in the score group. A current config is returned as it is."""
+    if "kind" in config:
+        return config
+    old = plain(config)
+    sde_keys = dict(old["sde"])
+    steps, t_eps = sde_keys.pop("discrete_steps", None), sde_keys.pop("t_eps", 1e-2)
+    old["sde"] = {"process": sde_keys, "t_eps": t_eps}
+    old["score"] = {**old["score"], "discrete_steps": steps}
+    mode = old.get("train", {}).get("mode")
+    has_vae = old["vae"].get("name", "nvae") != "none"
+    old["kind"] = ("ddpm" if steps is not None else "pixel") if not has_vae else "vae" if mode == "vae" else "lsgm"
+    if mode == "vae":
+        old["train"]["mode"] = "joint"
+    return OmegaConf.create(old)
+
+
+def vae_weights(model: nn.Module, state_dict: dict) -> dict:
+    """A VAE-alone model's weights of a state dict: VAE-alone checkpoints written before kinds also hold the
+    unused score network they were built with. Any other kind's state dict is returned as it is."""
+    if model.kind == "vae":
+        return {name: value for name, value in state_dict.items() if name.startswith("vae.")}
+    return state_dict
 
 
 def load_splits(data_cfg) -> dict:
@@ -68,18 +165,18 @@ def load_splits(data_cfg) -> dict:
             for split in ("train", "val", "test")}
 
 
-def load(path, device: str | torch.device = "cpu", ema: bool = True) -> LSGM:
+def load(path, device: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
     """The trained model of a checkpoint, in eval mode, with the EMA weights of the score model (`ema=True`).
 
     The model carries its run config as `model.config` (a DictConfig).
     """
     state = load_checkpoint(path, map_location=device)
-    config = OmegaConf.create(state["config"])
+    config = upgrade_config(OmegaConf.create(state["config"]))
     try:
-        model = build_model(config, state["data_shape"], state["levels"])
+        model = build_model(config, state["data_shape"], state["levels"], state.get("num_classes"))
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its config no longer builds a model ({error})") from None
-    load_model_state(model, state["model"], path)
+    load_model_state(model, vae_weights(model, state["model"]), path)
     if ema and state.get("ema") is not None:
         shadow = state["ema"]["shadow"]
         with torch.no_grad():

@@ -94,14 +94,18 @@ def random_masks(batch_size: int, size, device=None, generator: torch.Generator 
     return (~inside).float()[:, None].to(device)
 
 
-def build_condition(cfg, data_shape, latent_shape) -> nn.Module | None:
-    """The conditioning module of the `condition` config (None: unconditional)."""
+def build_condition(cfg, data_shape, latent_shape, num_classes: int | None = None) -> nn.Module | None:
+    """The conditioning module of the `condition` config (None: unconditional); a class condition has the
+    dataset's `num_classes` (a config's own `num_classes`, as runs before this was read from the data had, wins)."""
     if cfg is None:
         return None
     cfg = dict(cfg)
     kind = cfg.pop("kind", None)
     if kind == "class":
-        return ClassCondition(**cfg)
+        num_classes = cfg.pop("num_classes", None) or num_classes
+        if num_classes is None:
+            raise ValueError("a class condition needs a labelled dataset (this one has no classes)")
+        return ClassCondition(num_classes, **cfg)
     if kind == "mask":
         return MaskCondition(data_shape[0], latent_shape[1], **cfg)
     raise ValueError(f"unknown condition kind {kind!r}; valid: class, mask")

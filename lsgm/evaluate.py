@@ -1,19 +1,14 @@
 """Evaluation of trained models: likelihood bounds in bits/dim, samples, and the `python -m lsgm.evaluate` entry.
 
-NLL by model kind (D = C·H·W data dimensions, bits/dim = nats/(D ln 2)):
-    LSGM        −log p(x) ≤ −log (1/k) Σ_i p(x|z_i) p_ODE(z_i) / q(z_i|x),  z_i ~ q(z|x),
-                with log p_ODE the probability-flow ODE likelihood of the latents (Hutchinson trace), which
-                are every group's prior-standardised ε (q their density, see `LSGM.latent_terms`);
-    VAE alone   its importance-weighted bound with the VAE's own prior;
-    pixel       −log P(x) ≤ E_u[−log p_ODE(x + u)] − D log Δ, u ~ U(−Δ/2, Δ/2)^D, Δ = 2/(levels − 1);
-    DDPM        its variational bound L_T + Σ_t L_{t−1} + L_0 with the discrete decoder (T network calls).
-Each returns per-image nats; the reported error is the standard error of the mean over test images.
+Each model kind gives its own NLL bound per image in nats (`model.nll`, see `lsgm.models`): LSGM's importance-
+weighted bound with the ODE likelihood of the latents, the VAE's importance-weighted bound, the ODE likelihood of
+dequantized pixels, DDPM's variational bound. Bits/dim = nats/(D ln 2), D = C·H·W; the reported error is the
+standard error of the mean over test images.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -22,54 +17,34 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sde import sampling, vlb
-from sde.likelihood import bin_width, dequantize, ode_bits_per_dim, ode_log_likelihood
-from sde.vlb import RateDistortion
-
 from .build import load, load_splits, plain
 from .cli import run, sampler_defaults
 from .distributed import resolve_device
 from .log import RunLogger
 from .metrics import plots
 from .metrics.quality import sample_quality
-from .objective import cross_entropy, denoising_terms, joint_loss, score_loss
+from .models import ScoreModel
+from .models.base import nats_to_bits_per_dim
 from .sample import draw, write_samples
 
 
-def nats_to_bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:
-    return nats / (dims * math.log(2))
-
-
-def _per_image_bound(model, x: torch.Tensor, vae_only: bool, scheme: str, t_eps: float) -> torch.Tensor:
-    """One stochastic draw of the validation bound per image, in nats (see `validation_bound`)."""
-    if vae_only:
-        return -model.vae.loss(x)["elbo_nats"]
-    if model.vae is not None:
-        return joint_loss(model, x, 1.0, scheme, "reweight_p_samples", t_eps).nelbo
-    if model.discrete:
-        return score_loss(model, x)
-    dequantized = dequantize(x, model.levels)
-    terms = denoising_terms(model, dequantized, scheme, t_eps)
-    return cross_entropy(model, terms, dequantized, t_eps) - x[0].numel() * math.log(bin_width(model.levels))
-
-
 @torch.no_grad()
-def validation_bound(model, x: torch.Tensor, vae_only: bool = False, repeats: int = 4, scheme: str = "ll_iw",
+def validation_bound(model, x: torch.Tensor, phase: str, repeats: int = 4, scheme: str = "ll_iw",
                      t_eps: float = 1e-2, batch_size: int = 512) -> float:
-    """A cheap stochastic bound in bits/dim for model selection (the caller fixes the seed), averaged over
-    `repeats` draws: the VAE's −ELBO (`vae_only`), LSGM's −ELBO with a DSM estimate of the SGM cross-entropy,
-    or for pixel models the DSM cross-entropy of uniformly dequantized data minus D log Δ (DDPM chains:
-    L_simple/(D ln 2) — a loss, not a bound)."""
-    total = sum(_per_image_bound(model, batch, vae_only, scheme, t_eps).sum().item()
+    """A cheap stochastic bound in bits/dim for model selection (the caller fixes the seed): the model's
+    `validation_nats` in training phase `phase` averaged over `repeats` draws (DDPM: L_simple/(D ln 2), a loss)."""
+    total = sum(model.validation_nats(batch, phase, scheme, t_eps).sum().item()
                 for _ in range(repeats) for batch in x.split(batch_size))
     return total / (repeats * x.shape[0] * x[0].numel() * math.log(2))
 
 
 @torch.no_grad()
 def generate(model, n: int, sampler_cfg, prior: str | None = None, generator=None) -> tuple[torch.Tensor, int]:
-    """n samples in [−1, 1] with the configured sampler (`name` + `options`); `prior="vae"` uses the VAE's own."""
+    """n samples in [−1, 1] with the configured sampler (`name` + `options`); `prior="vae"` makes an LSGM sample
+    its VAE's own prior."""
     cfg = plain(sampler_cfg)
-    return model.sample(n, sampler=cfg["name"], generator=generator, prior=prior, **cfg.get("options", {}))
+    options = {**cfg.get("options", {}), **({"prior": prior} if prior else {})}
+    return model.sample(n, sampler=cfg["name"], generator=generator, **options)
 
 
 @dataclass
@@ -90,105 +65,27 @@ class NLLResult:
         return nats_to_bits_per_dim(spread, self.dims).item()
 
 
-def _ode_options(options: dict) -> dict:
-    defaults = {"rtol": 1e-5, "atol": 1e-5, "t_eps": 1e-5, "divergence": "hutchinson", "probe": "rademacher"}
-    return {**defaults, **options}
-
-
-@torch.no_grad()
-def latent_nll(model, x: torch.Tensor, k: int = 1, **ode_options) -> tuple[torch.Tensor, int]:
-    """LSGM's importance-weighted bound per image (nats) with the ODE likelihood of the latents."""
-    images = x.repeat(k, *([1] * (x.dim() - 1)))
-    out = model.vae(images)
-    latents = model.latent_terms(out)
-    log_prior, nfe = ode_log_likelihood(model.eps_fn(), model.sde, latents.z, **_ode_options(ode_options))
-    log_w = out.dist.log_prob(images) + log_prior - latents.log_q
-    return math.log(k) - torch.logsumexp(log_w.view(k, x.shape[0]), 0), nfe
-
-
-@torch.no_grad()
-def pixel_nll(model, x: torch.Tensor, **ode_options) -> tuple[torch.Tensor, int]:
-    """−log P(x) bound per image (nats) of a pixel-space model: the ODE likelihood of uniformly dequantized data."""
-    bits, nfe = ode_bits_per_dim(model.eps_fn(), model.sde, x, model.levels, **_ode_options(ode_options))
-    return bits * x[0].numel() * math.log(2), nfe
-
-
 def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, **ode_options) -> NLLResult:
     """The NLL bound of every image in x, batch by batch (see the module docstring for the bound used)."""
     model.eval()
     nats, nfe = [], 0
     for batch in x.split(batch_size):
-        if model.prior == "vae":
-            nats.append(model.vae.nll(batch, k))
-            continue
-        if model.discrete and model.vae is None:  # a DDPM: its own bound L_T + Σ L_t + L_0, not an ODE
-            schedule, eps_fn = diffusion_chain(model)
-            nats.append(vlb.variational_bound(eps_fn, schedule, batch, model.levels).total.float())
-            nfe += schedule.T
-            continue
-        values, calls = latent_nll(model, batch, k, **ode_options) if model.vae is not None else \
-            pixel_nll(model, batch, **ode_options)
+        values, calls = model.nll(batch, k, **ode_options)
         nats.append(values)
         nfe += calls
     return NLLResult(torch.cat(nats).cpu(), x[0].numel(), nfe)
 
 
-# --- the DDPM bound and progressive coding -----------------------------------------------------------------------
-def diffusion_chain(model, T: int = 1000):
-    """The model's DDPM chain (its own for a discrete model, else the VP-SDE discretised to T steps) and the
-    network as a discrete eps_fn(x, i)."""
-    schedule = model.chain(T)
-    return schedule, sampling.discrete_eps_fn(model.eps_fn(), schedule.T)
-
-
-@torch.no_grad()
-def diffusion_bound(model, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
-                    generator: torch.Generator | None = None) -> tuple[dict, RateDistortion]:
-    """DDPM's bound term by term for x (pixel models) or for the latents of one posterior sample (LSGM).
-
-    Pixel space: L = L_T + Σ L_{t−1} + L_0 with a Gaussian decoder discretised to the data's levels.
-    LSGM: the chain's bound on −log p(z_0) (Gaussian decoder density on the latent) enters
-    −log p(x) ≤ −log p(x|z) + log q(z|x) + L(z); progressive coding's
-    distortion is measured after decoding x̂ = E p(x | ẑ_0) and its rate is converted to bits per data dimension.
-    Returns the summary (bits/dim) and the rate–distortion table.
-    """
-    schedule, eps_fn = diffusion_chain(model, T)
-    dims = x[0].numel()
-    if model.vae is None:
-        bound = vlb.variational_bound(eps_fn, schedule, x, model.levels, num_steps=num_steps, batch_size=batch_size,
-                                      generator=generator)
-        return bound.summary(), bound.rate_distortion()
-    out = model.vae(x)
-    latents = model.latent_terms(out)
-    z = latents.z
-    scale = (model.levels - 1) / 2
-
-    def decoded_error(z_hat, index):
-        images = model.decode(z_hat.to(x.dtype), mean=True)
-        return ((images - x[index]).double() * scale).pow(2).flatten(1).mean(1)
-
-    bound = vlb.variational_bound(eps_fn, schedule, z, None, num_steps=num_steps, batch_size=batch_size,
-                                  generator=generator, distortion=decoded_error)
-    rest = -out.dist.log_prob(x) + latents.log_q
-    total = bound.total + rest
-    summary = {"total_bits_per_dim": nats_to_bits_per_dim(total.mean(), dims).item(),
-               "total_bits_per_dim_stderr": nats_to_bits_per_dim(total.std() / math.sqrt(len(total)), dims).item(),
-               "latent_prior_bits_per_dim": nats_to_bits_per_dim(bound.total.mean(), dims).item(),
-               "decoder_entropy_lower_bits_per_dim": nats_to_bits_per_dim(rest.mean(), dims).item()}
-    table = bound.rate_distortion()
-    latent_to_data = z[0].numel() / dims
-    table = dataclasses.replace(table, rate=table.rate * latent_to_data, term=table.term * latent_to_data)
-    return summary, table
-
-
+# --- progressive coding -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
                             generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """x̂_0 along one progressive-decoding chain (DDPM Alg. 4's receiver): x_T ~ q(x_T|x_0), then
     x_{t−1} ~ q(x_{t−1}|x_t, x_0); at each of `steps` the prediction x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t, in data
     space (decoded for LSGM). Returns one (B, C, H, W) tensor per step, in the order of `steps`."""
-    schedule, eps_fn = diffusion_chain(model, T)
-    x0 = x if model.vae is None else model.encode(x)
+    schedule = model.chain(T)
+    eps_fn = model.discrete_eps_fn(schedule)
+    x0 = model.encode(x)
     wanted = {int(s) for s in steps}
     noise = lambda: torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # noqa: E731
     x_t = schedule.q_sample(x0, schedule.T, noise())
@@ -197,7 +94,7 @@ def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
         step = torch.full((x0.shape[0],), t, device=x0.device)
         if t in wanted:
             x0_hat = schedule.x0_from_eps(x_t, step, eps_fn(x_t, step))
-            predictions[t] = model.decode(x0_hat, mean=True) if model.vae is not None else x0_hat.clamp(-1, 1)
+            predictions[t] = model.decode(x0_hat, mean=True)
         if t > 1:
             mean, var, _ = schedule.q_posterior(x0, x_t, step)
             x_t = mean + var.sqrt() * noise()
@@ -250,7 +147,7 @@ def run_nll(model, x, cfg, out: Path) -> dict:
 
 def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
     options = cfg.bound
-    summary, table = diffusion_bound(model, x, options.T, options.num_steps, options.batch_size, generator)
+    summary, table = model.diffusion_bound(x, options.T, options.num_steps, options.batch_size, generator)
     rows = table.rows()
     _write_csv(out / "rate_distortion.csv", rows)
     report = [row for row in rows if row["step"] in set(options.report_steps)] or rows
@@ -303,8 +200,8 @@ def main(cfg) -> dict:
         if "nll" in cfg.tasks:
             summary.update(run_nll(model, x, cfg, out))
         if "bound" in cfg.tasks:
-            if model.prior == "vae":
-                print("bound: skipped (a VAE alone has no diffusion prior)")
+            if not isinstance(model, ScoreModel):
+                print(f"bound: skipped (a {model.kind} model has no diffusion prior)")
             else:
                 numbers, pictures = run_bound(model, x, cfg, out, generator)
                 summary.update(numbers)

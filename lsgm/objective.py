@@ -1,7 +1,7 @@
 """LSGM's training objectives, with every term returned for logs and tests.
 
 For data x, posterior q(z|x) and an SGM prior over all of the latents z (every group in the VAE's
-prior-standardised coordinates ε, packed on one grid, see `lsgm.model`), the negative ELBO is
+prior-standardised coordinates ε, packed on one grid, see `lsgm.models.latent`), the negative ELBO is
     −ELBO(x) = −log p(x|z) + log q(z|x) + CE(q(z|x) ‖ p_SGM).
 The cross-entropy of the diffused latent z_ε against the SGM's marginal is, by denoising score matching,
     CE = ∫_ε^1 w_ll(t) E‖ε − ε̂(z_t, t)‖² dt + C(z_0),   w_ll = β/(2σ²_t),
@@ -81,7 +81,7 @@ class DenoisingTerms:
 def cross_entropy(model, terms: DenoisingTerms, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
     """The CE estimate of the diffused z_ε under the model's SGM (B,): CE_N(z_0) + the DSM difference to the base
     for a mixed score (see the module docstring), DSM + C(z_0) otherwise."""
-    if model.mixing_logit is not None:
+    if model.has_normal_base:
         return terms.likelihood_over_base() + normal_cross_entropy(model.sde, z0, t_eps)
     return terms.likelihood() + cross_entropy_constant(model.sde, z0, t_eps)
 
@@ -155,17 +155,11 @@ def joint_loss(
     return JointLoss(recon, kl, excess, dsm, recon + kl + excess, loss_vae, dsm.mean())
 
 
-def score_loss(model, z0: torch.Tensor, scheme: str = "drop_all_uniform", t_eps: float = 1e-2,
-               inputs: dict | None = None) -> torch.Tensor:
-    """The score model alone on fixed data or latents z_0 (pixel space, or a frozen VAE): per-sample DSM (B,).
-
-    Continuous time: w(t)/r(t)·‖ε − ε̂‖² with `scheme`. Discrete chain (DDPM): L_simple = E_{i,ε}‖ε − ε_θ(x_i, i)‖²
-    with i ~ U{1..T}, x_i = √ᾱ_i x_0 + √(1 − ᾱ_i) ε, summed over dimensions.
-    """
-    if model.discrete:
-        steps = torch.randint(1, model.schedule.T + 1, (z0.shape[0],), device=z0.device)
-        noise = torch.randn_like(z0)
-        x_t = model.schedule.q_sample(z0, steps, noise)
-        eps = model.guided_eps(x_t, steps.to(z0.dtype) / model.schedule.T, inputs or {})
-        return (noise - eps).flatten(1).pow(2).sum(1)
-    return denoising_terms(model, z0, scheme, t_eps, inputs).objective()
+def simple_loss(model, schedule, x0: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
+    """DDPM's L_simple per sample (B,): E_{i,ε}‖ε − ε_θ(x_i, i)‖² summed over dimensions, with i ~ U{1..T} of the
+    discrete `schedule`, x_i = √ᾱ_i x_0 + √(1 − ᾱ_i) ε, and the network at t = i/T."""
+    steps = torch.randint(1, schedule.T + 1, (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = schedule.q_sample(x0, steps, noise)
+    eps = model.guided_eps(x_t, steps.to(x0.dtype) / schedule.T, inputs or {})
+    return (noise - eps).flatten(1).pow(2).sum(1)

@@ -1,13 +1,11 @@
 """The training loop: stage 1 (the VAE alone), then joint LSGM training (or the score model alone).
 
-Phases, by step:
-    vae       steps [0, stage1_steps) — NVAE's own objective (KL warm-up, balancing, spectral
-              and norm regularisation), reusing `nvae.train`;
-    joint     the rest — the VAE on −ELBO with the SGM prior, the score model on its DSM objective,
-              each with its own optimizer, learning rate (warm-up + cosine) and gradient clipping;
-    disjoint  instead of joint: the VAE frozen, the score model trained on its latents (LDM-style);
-    score     pixel-space models (no VAE): the score model alone (DSM, or L_simple for DDPM).
-Every step is guarded: a non-finite loss or gradient skips both updates and is counted. The score
+The model's kind (`lsgm.models`) says each step's phase and losses: an LSGM trains its VAE alone for
+`stage1_steps` (phase "vae"), then jointly ("joint": the VAE on −ELBO with the SGM prior, the score model on its
+DSM objective) or the score model alone on the frozen VAE's latents ("disjoint", LDM-style); a VAE alone is always
+in "vae"; pixel models in "score". The VAE's parameters (named `vae.*`) and the score model's have each their
+own optimizer, learning rate (warm-up + cosine) and gradient clipping. Every step is guarded: a non-finite loss
+or gradient skips both updates and is counted. The score
 model's weights are averaged (EMA) and evaluated with the average. A checkpoint holds everything
 the next step depends on (weights, EMA, optimizers, step, data order, RNG states), so a resumed run
 continues the same trajectory; SIGINT/SIGTERM save and stop at the end of the current step.
@@ -25,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, training_loss, warmup_cosine_lr
+from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
 
 from . import distributed
 from .build import build_model, load, load_splits, plain
@@ -35,9 +33,8 @@ from .data import BatchStream
 from .ema import EMA
 from .evaluate import generate, test_nll, validation_bound
 from .log import RunLogger
-from .objective import joint_loss, score_loss
+from .models import LossOptions
 
-MODES = ("joint", "disjoint", "vae")
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
 
 
@@ -53,11 +50,10 @@ class Trainer:
     """Trains the model of `cfg` (the root config) in `run_dir`."""
 
     def __init__(self, cfg, run_dir: str | Path):
-        self.cfg, self.t = cfg, cfg.train
-        if self.t.mode not in MODES:
-            raise ValueError(f"unknown train.mode {self.t.mode!r}; valid: {list(MODES)}")
-        if self.t.stage1_steps > self.t.steps:
-            raise ValueError(f"train.stage1_steps ({self.t.stage1_steps}) exceeds train.steps ({self.t.steps})")
+        self.cfg, self.train_cfg = cfg, cfg.train
+        if self.train_cfg.stage1_steps > self.train_cfg.steps:
+            raise ValueError(f"train.stage1_steps ({self.train_cfg.stage1_steps}) exceeds train.steps "
+                             f"({self.train_cfg.steps})")
         self.run_dir = Path(run_dir)
         self.context = distributed.setup(cfg.device)
         if cfg.get("threads"):
@@ -66,26 +62,27 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.context.rank)
         self.data = load_splits(cfg.data)
         train = self.data["train"]
-        self.model = build_model(cfg, train.shape, train.levels).to(self.device)
-        self.memory_format = torch.channels_last if self.t.get("channels_last") else torch.contiguous_format
+        self.model = build_model(cfg, train.shape, train.levels, train.num_classes).to(self.device)
+        self.memory_format = torch.channels_last if self.train_cfg.get("channels_last") else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.vae = self.model.vae
-        if self.vae is None and self.t.mode != "joint":
-            raise ValueError("train.mode only applies to latent models; a pixel-space model trains its score model")
-        self.vae_parameters = list(self.vae.parameters()) if self.vae is not None else []
-        score_named = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("vae.")]
+        named = list(self.model.named_parameters())
+        self.vae_parameters = [p for n, p in named if n.startswith("vae.")]
+        score_named = [(n, p) for n, p in named if not n.startswith("vae.")]
         self.score_parameters = [p for _, p in score_named]
-        self.fit_config = FitConfig(optimizer=self.t.optimizer_vae, lr=self.t.lr_vae,
-                                    weight_decay=self.t.weight_decay_vae, kl_balance=self.t.kl_balance,
-                                    spectral_weight=self.t.spectral_weight, norm_weight=self.t.norm_weight)
+        self.fit_config = FitConfig(optimizer=self.train_cfg.optimizer_vae, lr=self.train_cfg.lr_vae,
+                                    weight_decay=self.train_cfg.weight_decay_vae, kl_balance=self.train_cfg.kl_balance,
+                                    spectral_weight=self.train_cfg.spectral_weight,
+                                    norm_weight=self.train_cfg.norm_weight)
         self.vae_optimizer = make_optimizer(self.vae_parameters, self.fit_config) if self.vae_parameters else None
-        self.score_optimizer = torch.optim.AdamW(self.score_parameters, lr=self.t.lr_score,
-                                                 weight_decay=self.t.weight_decay_score)
-        self.ema = EMA(score_named, self.t.ema_decay)
+        self.score_optimizer = torch.optim.AdamW(self._score_groups(score_named), lr=self.train_cfg.lr_score,
+                                                 weight_decay=self.train_cfg.weight_decay_score) \
+            if self.score_parameters else None
+        self.ema = EMA(score_named, self.train_cfg.ema_decay)
         world = self.context.world_size
-        if self.t.batch_size % world:
-            raise ValueError(f"train.batch_size ({self.t.batch_size}) must be divisible by the {world} processes")
-        self.stream = BatchStream(train.to(self.device), self.t.batch_size // world, seed=cfg.seed,
+        if self.train_cfg.batch_size % world:
+            raise ValueError(f"train.batch_size ({self.train_cfg.batch_size}) must be divisible by the {world} "
+                             "processes")
+        self.stream = BatchStream(train.to(self.device), self.train_cfg.batch_size // world, seed=cfg.seed,
                                   rank=self.context.rank, world_size=world)
         self.progress = Progress()
         self.stop_requested = False
@@ -93,6 +90,18 @@ class Trainer:
         self._resume()
 
     # --- setup ------------------------------------------------------------------------------------
+    def _score_groups(self, score_named: list) -> list[dict]:
+        """The score model's parameter groups: the mixing logits apart, at `lr_mixing` (a multiple of lr_score's
+        schedule) and without weight decay. Adam moves a parameter by at most about its rate per step, so at
+        lr_score a logit could move by only ~lr·steps (0.6 over 1000 steps): α would stay where it started."""
+        lr_mixing = self.train_cfg.get("lr_mixing")
+        mixing = [p for n, p in score_named if n == "mixing_logit"]
+        rest = [p for n, p in score_named if n != "mixing_logit"]
+        if not mixing or lr_mixing is None:
+            return [{"params": mixing + rest, "lr_scale": 1.0}]
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": mixing, "lr_scale": lr_mixing / self.train_cfg.lr_score, "weight_decay": 0.0}]
+
     def _make_logger(self) -> RunLogger:
         log = plain(self.cfg.logger)
         return RunLogger(self.run_dir, mode=log.get("mode", "offline"), project=log.get("project", "lsgm"),
@@ -105,7 +114,7 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def _resume(self) -> None:
-        path = self.t.resume or (self.checkpoint_dir / "last.pt" if (self.checkpoint_dir / "last.pt").exists()
+        path = self.train_cfg.resume or (self.checkpoint_dir / "last.pt" if (self.checkpoint_dir / "last.pt").exists()
                                  else None)
         if path is None:
             return
@@ -114,7 +123,8 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         if self.vae_optimizer is not None:
             self.vae_optimizer.load_state_dict(state["vae_optimizer"])
-        self.score_optimizer.load_state_dict(state["score_optimizer"])
+        if self.score_optimizer is not None:
+            self.score_optimizer.load_state_dict(state["score_optimizer"])
         self.stream.load_state_dict(state["data"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
@@ -125,10 +135,10 @@ class Trainer:
         train = self.data["train"]
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "data_shape": tuple(train.shape), "levels": train.levels,
+            "data_shape": tuple(train.shape), "levels": train.levels, "num_classes": train.num_classes,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "vae_optimizer": self.vae_optimizer.state_dict() if self.vae_optimizer is not None else None,
-            "score_optimizer": self.score_optimizer.state_dict(),
+            "score_optimizer": self.score_optimizer.state_dict() if self.score_optimizer is not None else None,
             "data": self.stream.state_dict(), "progress": vars(self.progress).copy(), "rng": rng_state(),
             "step": self.progress.step,
         }
@@ -141,36 +151,37 @@ class Trainer:
 
     # --- phases and schedules -------------------------------------------------------------------------
     def phase(self, step: int) -> str:
-        if self.vae is None:
-            return "score"
-        if self.t.mode == "vae" or step < self.t.stage1_steps:
-            return "vae"
-        return self.t.mode
+        """The model's training phase at `step` (`lsgm.models`)."""
+        return self.model.phase(step, self.train_cfg)
 
     def _progress(self, step: int, start: int) -> float:
         """Progress p ∈ [0, 1) of a schedule that runs from step `start` to the end of the run."""
-        return max(step - start, 0) / max(self.t.steps - start, 1)
+        return max(step - start, 0) / max(self.train_cfg.steps - start, 1)
 
     def score_progress(self, step: int) -> float:
         """Progress of the score model's training: the phase after stage 1, or the whole run when the score model
         also learns during stage 1 (`score_in_stage1`)."""
-        stage1 = self.t.stage1_steps if self.vae is not None and not self.t.get("score_in_stage1") else 0
+        stage1 = 0 if self.train_cfg.get("score_in_stage1") else self.train_cfg.stage1_steps
         return self._progress(step, stage1)
 
     def _set_learning_rates(self, phase: str, step: int) -> None:
         """Warm-up + cosine: the VAE's over the whole run (or restarted at `lr_vae_joint` for the joint phase,
         LSGM's recipe after a long stage 1), the score model's over its own training (`score_progress`)."""
-        t = self.t
+        train = self.train_cfg
         if self.vae_optimizer is not None:
-            restart = phase != "vae" and t.get("lr_vae_joint")
-            lr, p = (t.lr_vae_joint, self._progress(step, t.stage1_steps)) if restart else (t.lr_vae, step / t.steps)
-            set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, t.min_lr_fraction * lr, t.warmup_fraction))
-        set_lr(self.score_optimizer, warmup_cosine_lr(self.score_progress(step), t.lr_score,
-                                                      t.min_lr_fraction * t.lr_score, t.warmup_fraction))
+            restart = phase != "vae" and train.get("lr_vae_joint")
+            lr, p = ((train.lr_vae_joint, self._progress(step, train.stage1_steps)) if restart
+                     else (train.lr_vae, step / train.steps))
+            set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, train.min_lr_fraction * lr, train.warmup_fraction))
+        if self.score_optimizer is not None:
+            lr_score = warmup_cosine_lr(self.score_progress(step), train.lr_score,
+                                        train.min_lr_fraction * train.lr_score, train.warmup_fraction)
+            for group in self.score_optimizer.param_groups:
+                group["lr"] = lr_score * group["lr_scale"]
 
     def _kl_weight(self, step: int) -> float:
         """NVAE's KL warm-up over the first `kl_warmup` fraction of the run, across stage 1 and the joint phase."""
-        return kl_warmup_weight(step / self.t.steps, self.t.kl_warmup)
+        return kl_warmup_weight(step / self.train_cfg.steps, self.train_cfg.kl_warmup)
 
     # --- one step -------------------------------------------------------------------------------------
     def _condition_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> dict:
@@ -184,37 +195,19 @@ class Trainer:
             return condition.inputs(condition.drop(y))
         return condition.inputs(condition.drop((x, random_masks(x.shape[0], x.shape[-2:], device=x.device))))
 
-    def _losses(self, phase: str, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float):
-        """(scalars to log, loss of the VAE's update or None, loss of the score model's update or None)."""
-        t = self.t
-        if phase == "joint":
-            terms = joint_loss(self.model, x, kl_weight, t.scheme_p, t.scheme_q, self.cfg.sde.t_eps,
-                               self._condition_inputs(x, y), t.get("noise_draws", 1))
-            regulariser = (t.spectral_weight * self.vae.spectral_norm_loss() + t.norm_weight * self.vae.norm_loss())
-            scalars = terms.scalars()
-            scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
-            return scalars, terms.loss_vae + regulariser, terms.loss_score
-        scalars, loss_vae, z0 = {}, None, x
-        if phase == "vae":
-            terms = training_loss(self.vae, x, kl_weight, self.fit_config)
-            loss_vae = terms["loss"]
-            scalars = {"loss_vae": loss_vae.detach(), "train_bpd": terms["bpd"].detach().mean()}
-            if t.mode == "vae" or not t.get("score_in_stage1"):
-                return scalars, loss_vae, None
-            # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
-            # fitted prior instead of an untrained network
-            z0 = self.vae.pack(terms["eps"]).detach()
-        elif phase == "disjoint":
-            with torch.no_grad():
-                z0 = self.model.encode(x)
-        loss_score = score_loss(self.model, z0, t.scheme_p, self.cfg.sde.t_eps, self._condition_inputs(x, y)).mean()
-        return {**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score
+    def loss_options(self, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float) -> LossOptions:
+        """What `model.losses` needs besides the batch: the run's schemes and weights, the (dropped) condition."""
+        train = self.train_cfg
+        return LossOptions(kl_weight=kl_weight, scheme_p=train.scheme_p, scheme_q=train.scheme_q,
+                           t_eps=self.cfg.sde.t_eps, draws=train.get("noise_draws", 1),
+                           inputs=self._condition_inputs(x, y), fit=self.fit_config,
+                           score_in_stage1=bool(train.get("score_in_stage1")))
 
     def _clip(self, parameters, loss) -> torch.Tensor:
         """The gradients' total norm before clipping to `grad_clip` (0 without a loss)."""
         if loss is None:
             return torch.zeros((), device=self.device)
-        limit = self.t.grad_clip if self.t.grad_clip else math.inf
+        limit = self.train_cfg.grad_clip if self.train_cfg.grad_clip else math.inf
         return torch.nn.utils.clip_grad_norm_(parameters, limit)
 
     @torch.no_grad()
@@ -233,19 +226,20 @@ class Trainer:
 
     def _starts_score_prior(self, phase: str, step: int) -> bool:
         """Whether this step is the first of the joint (or disjoint) phase after a stage 1 of the VAE."""
-        return phase in ("joint", "disjoint") and step == self.t.stage1_steps > 0
+        return phase in ("joint", "disjoint") and step == self.train_cfg.stage1_steps > 0
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
         phase = self.phase(step)
-        dropped = self.drop_inactive_channels() if self.t.get("drop_inactive_var") and \
+        dropped = self.drop_inactive_channels() if self.train_cfg.get("drop_inactive_var") and \
             self._starts_score_prior(phase, step) else {}
         self._set_learning_rates(phase, step)
         kl_weight = self._kl_weight(step)
         self.model.train()
-        amp = self.t.amp == "bf16" and self.device.type == "cuda"
+        amp = self.train_cfg.amp == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            scalars, loss_vae, loss_score = self._losses(phase, x, y, kl_weight)
+            losses = self.model.losses(phase, x, self.loss_options(x, y, kl_weight))
+        scalars, loss_vae, loss_score = losses.scalars, losses.loss_vae, losses.loss_score
         for optimizer in (self.vae_optimizer, self.score_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -266,12 +260,10 @@ class Trainer:
         else:
             self.progress.skipped += 1
         self.progress.step += 1
-        lrs = {"lr_score": self.score_optimizer.param_groups[0]["lr"]}
-        if self.vae_optimizer is not None:
-            lrs["lr_vae"] = self.vae_optimizer.param_groups[0]["lr"]
-        mixing = self.model.mixing_coefficient()
-        extra = {"mixing_alpha": mixing.detach().mean()} if mixing is not None else {}
-        return {**scalars, **lrs, **extra, **dropped, "kl_weight": kl_weight, "grad_norm_vae": grad_vae,
+        lrs = {f"lr_{name}": optimizer.param_groups[0]["lr"] for name, optimizer in
+               (("vae", self.vae_optimizer), ("score", self.score_optimizer)) if optimizer is not None}
+        return {**scalars, **lrs, **self.model.monitored(), **dropped, "kl_weight": kl_weight,
+                "grad_norm_vae": grad_vae,
                 "grad_norm_score": grad_score, "skipped": self.progress.skipped, "phase": phase}
 
     # --- evaluation during training -------------------------------------------------------------------
@@ -285,8 +277,8 @@ class Trainer:
         with self.ema.applied(), torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(self.cfg.seed)
             self.model.eval()
-            bpd = validation_bound(self.model, x, vae_only=phase == "vae", repeats=self.t.eval_repeats,
-                                   scheme="ll_iw", t_eps=self.cfg.sde.t_eps)
+            bpd = validation_bound(self.model, x, phase, repeats=self.train_cfg.eval_repeats, scheme="ll_iw",
+                                   t_eps=self.cfg.sde.t_eps)
         return bpd
 
     def _rng_devices(self) -> list[int]:
@@ -298,7 +290,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             self.model.eval()
             prior = "vae" if self.phase(self.progress.step - 1) == "vae" else None
-            images, nfe = generate(self.model, self.t.num_samples, self.cfg.sampler, prior=prior)
+            images, nfe = generate(self.model, self.train_cfg.num_samples, self.cfg.sampler, prior=prior)
         return self.logger.log_images(name, images, self.progress.step) if self.logger else None
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -309,13 +301,13 @@ class Trainer:
         """Train until `train.steps` (or a stop signal); returns the final record. Numbers stay on the device
         between logging steps (`log_every`), where they are read once."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        t = self.t
-        bar = tqdm(total=t.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
+        train = self.train_cfg
+        bar = tqdm(total=train.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
                    desc="train")
         running, start, first_step = None, time.time(), self.progress.step
         record: dict = {}
         try:
-            while self.progress.step < t.steps and not self.stop_requested:
+            while self.progress.step < train.steps and not self.stop_requested:
                 phase_before = self.phase(self.progress.step)
                 batch = next(self.stream)
                 record = self.train_step(batch.x.contiguous(memory_format=self.memory_format), batch.y)
@@ -324,18 +316,18 @@ class Trainer:
                 running = loss if running is None else torch.where(loss.isfinite(), 0.95 * running + 0.05 * loss,
                                                                    running)
                 bar.update(1)
-                if step % t.log_every == 0 or step == t.steps:
+                if step % train.log_every == 0 or step == train.steps:
                     bar.set_postfix(phase=record["phase"], loss=f"{running.item():.4g}", skipped=self.progress.skipped)
                     if self.logger:
-                        speed = (step - first_step) * t.batch_size / (time.time() - start)
+                        speed = (step - first_step) * train.batch_size / (time.time() - start)
                         numbers = {k: v for k, v in record.items() if k != "phase"}
                         self.logger.log({**numbers, "images_per_second": speed}, step)
-                phase_ends = step == t.steps or self.phase(step) != phase_before
-                if step % t.eval_every == 0 or phase_ends:
+                phase_ends = step == train.steps or self.phase(step) != phase_before
+                if step % train.eval_every == 0 or phase_ends:
                     self._evaluate(phase_before, phase_ends)
-                if self.logger and (step % t.sample_every == 0 or step == t.steps):
+                if self.logger and (step % train.sample_every == 0 or step == train.steps):
                     self.write_samples(f"samples_{record['phase']}")
-                if step % t.checkpoint_every == 0 or step == t.steps:
+                if step % train.checkpoint_every == 0 or step == train.steps:
                     self.save("last.pt")
         finally:
             bar.close()
@@ -352,7 +344,7 @@ class Trainer:
             return
         bpd = self.validation_bpd()
         self.logger.log({"val_bpd": bpd}, self.progress.step)
-        final_phase = phase == self.phase(self.t.steps - 1)
+        final_phase = phase == self.phase(self.train_cfg.steps - 1)
         if final_phase and bpd < self.progress.best_val:
             self.progress.best_val, self.progress.best_step = bpd, self.progress.step
             self.save("best.pt")
@@ -363,7 +355,7 @@ class Trainer:
         """Test NLL (bits/dim ± standard error) and a sample grid from the best checkpoint (EMA weights)."""
         if not self.context.is_main:
             return {}
-        final = plain(self.t.final_eval)
+        final = plain(self.train_cfg.final_eval)
         best = self.checkpoint_dir / "best.pt"
         path = best if best.exists() else self.save("last.pt")
         model = load(path, self.device)
@@ -372,7 +364,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             result = test_nll(model, x, k=final.get("k", 1), batch_size=final.get("batch_size", 128),
                               **final.get("ode", {}))
-            images, sample_nfe = generate(model, self.t.num_samples, self.cfg.sampler)
+            images, sample_nfe = generate(model, self.train_cfg.num_samples, self.cfg.sampler)
         grid = self.logger.log_images("final_samples", images, self.progress.step)
         summary = {"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr, "test_nll_nfe": result.nfe,
                    "sample_nfe": sample_nfe, "checkpoint": str(path), "best_step": self.progress.best_step,

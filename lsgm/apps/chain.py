@@ -56,12 +56,6 @@ def model_chain(model, steps: int | None = None) -> Chain:
     return respace(schedule, schedule.T if steps is None else steps)
 
 
-def clip_range(model) -> tuple[float, float] | None:
-    """(−1, 1) for pixel models of discrete data, whose x̂_0 is clipped to the data range in each reverse
-    step (DDPM's and RePaint's `clip_denoised`); None for latents and continuous data."""
-    return (-1.0, 1.0) if model.vae is None and model.levels is not None else None
-
-
 def reverse_step(schedule: DDPMSchedule, eps: torch.Tensor, x: torch.Tensor, k: int, noise: torch.Tensor,
                  clip_x0=None) -> torch.Tensor:
     """One ancestral step (DDPM Algorithm 2): x_{k−1} = μ_θ(x_k, k) + σ_k z with σ²_k = β̃_k, and z = 0 at k = 1

@@ -27,14 +27,13 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lsgm.cli import run as run_command
 from lsgm.images import save_image_grid, upscale_factor
 from sde.sampling import CountedModel
 
 from . import cli
-from .chain import Chain, clip_range, forward_step, model_chain, reverse_step, seeded
+from .chain import Chain, forward_step, model_chain, reverse_step, seeded
 from .masks import MASK_TYPES, make_masks
 
 CONSISTENCY_LEARNING_RATE = 0.05
@@ -104,19 +103,6 @@ def binary_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (mask > 0.5).to(device=x.device, dtype=x.dtype)
 
 
-def latent_mask(mask: torch.Tensor, vae, threshold: float = 1.0) -> torch.Tensor:
-    """Known latent elements (B, *latent_shape) of the score model's packed latents: each group's grid laid over the
-    image at its own resolution, a cell known when at least `threshold` of the pixels under it are known (in every
-    channel; 1 asks for all of them), then packed like the latents (`NVAE.pack`), so that a finer group's cells keep
-    their own, smaller footprints on the top grid."""
-    pixel_known = mask.amin(dim=1, keepdim=True)
-    groups = []
-    for channels, height, width in vae.group_shapes:
-        fraction = F.adaptive_avg_pool2d(pixel_known, (height, width))
-        groups.append((fraction >= threshold - 1e-6).to(mask.dtype).expand(-1, channels, -1, -1))
-    return vae.pack(groups)
-
-
 def fill_unknown(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x with its unknown pixels set to the mean of its known ones (per image and channel; 0 if none known)."""
     mask = mask.expand_as(x)
@@ -156,27 +142,27 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     pixels of x are never read. The chain is the model's chain (`chain.model_chain`: its DDPM schedule, or its
     SDE discretised to 1000 steps) respaced to t_T steps, as RePaint runs 250 steps of a 1000-step model.
 
-    Pixel space: RePaint on the pixels, x̂_0 clipped to [−1, 1] for discrete data. Latent space (LSGM):
-    the known image (unknown pixels set to the mean of the known ones) is encoded to the posterior mean of its
-    latents (every group, packed); a latent element counts as known when at least `latent_threshold` of the pixels
-    under its cell, at its group's own resolution, are known (`latent_mask`); RePaint runs on the latents, which are
-    decoded (`LSGM.decode`, the mean); finally the known pixels are pasted back. `consistency_steps` > 0 adds the
+    RePaint runs in the score model's space: the known image (unknown pixels set to the mean of the known ones)
+    is encoded (`model.encode`, the mean; pixel models: the image itself), the known elements there are
+    `model.known_latents(mask, latent_threshold)` (pixels: the mask; LSGM: a latent element is known when at least
+    `latent_threshold` of the pixels under its cell, at its group's own resolution, are known), x̂_0 is clipped to
+    `model.x0_range()` (pixels of discrete data: [−1, 1]); the result is decoded (`model.decode`, the mean) and the
+    known pixels are pasted back. `consistency_steps` > 0 adds the
     decoder consistency step (`fit_known_pixels`) before decoding, an option: the score prior over all of the
     latents fills the unknown part by itself (README, "inpainting").
     """
     mask = binary_mask(mask, x)
     chain = model_chain(model, t_T)
     times = repaint_schedule(t_T, jump_length, jump_n_sample)
+    if consistency_steps and not hasattr(model, "decoder"):
+        raise ValueError(f"the consistency step fits a latent model's decoder; a {model.kind} model has none")
     with seeded(seed):
-        if model.vae is None:
-            completed, _ = repaint(model.eps_fn(), chain, x, mask, times, clip_range(model))
-        else:
-            z_known = model.encode(fill_unknown(x, mask), mean=True)
-            z_mask = latent_mask(mask, model.vae, latent_threshold)
-            z, _ = repaint(model.eps_fn(), chain, z_known, z_mask, times)
-            if consistency_steps:
-                z = fit_known_pixels(model, z, x, mask, consistency_steps)
-            completed = model.decode(z, mean=True)
+        z_known = model.encode(fill_unknown(x, mask), mean=True)
+        z, _ = repaint(model.eps_fn(), chain, z_known, model.known_latents(mask, latent_threshold), times,
+                       model.x0_range())
+        if consistency_steps:
+            z = fit_known_pixels(model, z, x, mask, consistency_steps)
+        completed = model.decode(z, mean=True)
     return mask * x + (1 - mask) * model.to_data_grid(completed)
 
 

@@ -27,7 +27,7 @@ from sde.likelihood import ode_decode, ode_encode
 from sde.sampling import CountedModel
 
 from . import cli
-from .chain import Chain, clip_range, model_chain, reverse_step, seeded
+from .chain import Chain, model_chain, reverse_step, seeded
 
 METHODS = ("ddpm", "ode")
 
@@ -84,7 +84,7 @@ def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, t: int, lambdas, seed
         if t > 0:
             noise = torch.randn_like(z0)
             z0, z1 = chain.schedule.q_sample(z0, t, noise), chain.schedule.q_sample(z1, t, noise)
-        z, _ = reverse_from(model.eps_fn(), chain, (1 - weights) * z0 + weights * z1, t, clip_range(model))
+        z, _ = reverse_from(model.eps_fn(), chain, (1 - weights) * z0 + weights * z1, t, model.x0_range())
         return to_images(model, z)
 
 

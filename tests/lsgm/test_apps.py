@@ -14,9 +14,9 @@ import nvae
 import sde
 from lsgm.apps import inpaint, interpolate, interpolate_ode, make_masks, repaint, repaint_schedule, slerp
 from lsgm.apps.chain import model_chain, respace
-from lsgm.apps.inpaint import fit_known_pixels, latent_mask
+from lsgm.apps.inpaint import fit_known_pixels
 from lsgm.apps.masks import load_mask
-from lsgm.model import LSGM
+from lsgm.models import DDPM, LSGM, PixelSGM
 from lsgm.score_net import ScoreNet
 from sde.gaussian import gaussian
 
@@ -52,15 +52,15 @@ class ExactEps(nn.Module):
 
 def gaussian_model(discrete_steps=None):
     vp = sde.VPSDE("cosine")
-    return LSGM(ExactEps(vp), vp, vae=None, data_shape=(1, 2, 2), levels=None, mixed=False,
-                discrete_steps=discrete_steps).double()
+    if discrete_steps is not None:
+        return DDPM(ExactEps(vp), vp, discrete_steps, data_shape=(1, 2, 2), levels=None).double()
+    return PixelSGM(ExactEps(vp), vp, data_shape=(1, 2, 2), levels=None, mixed=False).double()
 
 
 def pixel_model():
     torch.manual_seed(0)
     net = ScoreNet(1, 8, channels=16, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-    return LSGM(net, sde.VPSDE("linear"), vae=None, data_shape=(1, 8, 8), levels=17, mixed=False,
-                discrete_steps=100).eval()
+    return DDPM(net, sde.VPSDE("linear"), 100, data_shape=(1, 8, 8), levels=17).eval()
 
 
 def latent_model():
@@ -156,12 +156,13 @@ def test_gaussian_inpainting_samples_the_analytic_conditional():
 def test_latent_mask_on_every_group_grid():
     """Two scales: a top group on the 2×2 grid (cells of 4×4 pixels), a finer one on 4×4 (cells of 2×2 pixels) packed
     onto the 2×2 grid as 4 channels per channel, channel 4c + 2a + b at (i, j) holding fine cell (2i + a, 2j + b)."""
-    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=1, latent_channels=2, dropout=0.0)
+    model = latent_model()
+    vae = model.vae
     mask = torch.ones(1, 1, 8, 8)
     mask[..., :4, :4] = 0  # the top-left top cell (and its four fine cells) entirely unknown
     mask[..., 7, 7] = 0  # one pixel of the bottom-right top cell, which is one pixel of fine cell (3, 3)
     for threshold, top, fine_33 in [(1.0, [0, 1, 1, 0], 0), (0.9, [0, 1, 1, 1], 0), (0.5, [0, 1, 1, 1], 1)]:
-        packed = latent_mask(mask, vae, threshold)
+        packed = model.known_latents(mask, threshold)
         assert packed.shape == (1, *vae.latent_shape) == (1, 2 + 8, 2, 2)
         assert packed[0, :2].flatten(1).tolist() == [top, top]
         fine = vae.unpack(packed)[1][0]

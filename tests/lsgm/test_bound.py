@@ -12,8 +12,7 @@ import torch
 
 import nvae
 import sde
-from lsgm.evaluate import latent_nll
-from lsgm.model import LSGM
+from lsgm.models import LSGM
 from nvae.distributions import bin_centers
 
 from .test_objective import Zero
@@ -28,7 +27,7 @@ def test_latent_nll_at_the_normal_base_is_the_vae_bound():
                  mixing_logit_init=-math.inf).eval()
     x = bin_centers(17)[torch.randint(17, (5, 1, 8, 8))]
     torch.manual_seed(1)
-    lsgm_nats, _ = latent_nll(model, x, k=3)
+    lsgm_nats, _ = model.nll(x, k=3)
     torch.manual_seed(1)
     vae_nats = vae.nll(x, k=3)
     assert torch.allclose(lsgm_nats, vae_nats, atol=1e-3, rtol=0), (lsgm_nats, vae_nats)

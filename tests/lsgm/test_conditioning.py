@@ -7,7 +7,7 @@ from torch import nn
 import sde
 from lsgm.build import load
 from lsgm.conditioning import ClassCondition, MaskCondition, random_masks
-from lsgm.model import LSGM
+from lsgm.models import PixelSGM
 from lsgm.sample import DEFAULTS, main
 from lsgm.score_net import ScoreNet
 from lsgm.train import Trainer
@@ -43,8 +43,8 @@ def test_concatenation_sees_the_conditioning_tensor():
 def class_model():
     condition = ClassCondition(num_classes=10, context_dim=6, drop_rate=0.5)
     net = ScoreNet(2, 4, channels=8, num_res_blocks=1, attn_resolutions=(4,), context_dim=6)
-    model = LSGM(randomised(net), sde.VPSDE(), data_shape=(2, 4, 4), levels=None, mixed=False,
-                 condition=randomised(condition))
+    model = PixelSGM(randomised(net), sde.VPSDE(), data_shape=(2, 4, 4), levels=None, mixed=False,
+                     condition=randomised(condition))
     return model, condition
 
 

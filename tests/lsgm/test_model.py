@@ -6,7 +6,8 @@ from torch import nn
 
 import nvae
 import sde
-from lsgm.model import INACTIVE_LOGIT, LSGM
+from lsgm.models import INACTIVE_LOGIT, LSGM
+from lsgm.score_net import ScoreNet
 from lsgm.train import Trainer
 
 from .conftest import tiny_config
@@ -81,13 +82,10 @@ def test_drop_inactive_gives_inactive_channels_the_normal_base_and_no_input():
     torch.testing.assert_close(eps[:, active], (0.5 * std * z_t + 0.5 * 0.3)[:, active])
 
 
-def test_drop_inactive_needs_a_mixed_latent_model():
+def test_drop_inactive_needs_a_normal_base():
     model = two_scale_model()
-    pixel = LSGM(Recorder(), sde.VPSDE("geometric"), vae=None, data_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="latent model with the mixed score"):
-        pixel.drop_inactive(digits_like(2))
     model.mixing_logit = None
-    with pytest.raises(ValueError, match="mixed score"):
+    with pytest.raises(ValueError, match="the mixed or the residual score"):
         model.drop_inactive(digits_like(2))
 
 
@@ -108,3 +106,22 @@ def test_trainer_drops_inactive_channels_when_the_joint_phase_starts(tmp_path, m
     trainer.save("last.pt")
     resumed = Trainer(cfg, tmp_path)
     assert torch.equal(resumed.model.active, trainer.model.active)
+
+
+def test_the_residual_score_is_the_base_plus_the_network_on_active_channels():
+    """ε̂ = σ_t z_t + a ⊙ ε'_θ: exactly the N(0, I) prior's ε for a zero network output (as the score network starts),
+    the network's output added whole on active channels, nothing of it on dropped ones."""
+    torch.manual_seed(0)
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=[2, 1], latent_channels=2, dropout=0.0).eval()
+    model = LSGM(Recorder(), sde.VPSDE("geometric"), vae=vae, data_shape=(1, 8, 8), levels=17, residual=True)
+    assert model.mixing_logit is None and model.has_normal_base
+    z_t, t = torch.randn(3, *model.latent_shape), torch.tensor([0.1, 0.5, 0.9])
+    std = model.sde.marginal(t)[1].view(-1, 1, 1, 1)
+    torch.testing.assert_close(model.eps(z_t, t), std * z_t + 0.3)
+    model.active[:5] = 0
+    eps = model.eps(z_t, t)
+    torch.testing.assert_close(eps[:, :5], std * z_t[:, :5])
+    torch.testing.assert_close(eps[:, 5:], std * z_t[:, 5:] + 0.3)
+    real = LSGM(ScoreNet(12, 2, channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0),
+                sde.VPSDE("geometric"), vae=vae, data_shape=(1, 8, 8), levels=17, residual=True)
+    torch.testing.assert_close(real.eps(z_t, t), std * z_t, atol=0, rtol=0)  # the zero-initialised output layer

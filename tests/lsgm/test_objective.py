@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import sde
-from lsgm.model import LSGM
-from lsgm.objective import cross_entropy, cross_entropy_constant, denoising_terms, joint_loss, score_loss
+from lsgm.models import DDPM, LSGM, PixelSGM
+from lsgm.objective import cross_entropy, cross_entropy_constant, denoising_terms, joint_loss, simple_loss
 from sde.gaussian import gaussian
 
 
@@ -30,7 +30,7 @@ class Zero(nn.Module):
 
 
 def pixel_model(net, vp, mixed=True, logit=-3.0, shape=(4, 1, 1)):
-    return LSGM(net, vp, vae=None, data_shape=shape, levels=None, mixing_logit_init=logit, mixed=mixed)
+    return PixelSGM(net, vp, data_shape=shape, levels=None, mixing_logit_init=logit, mixed=mixed)
 
 
 @pytest.mark.parametrize("schedule,scheme", [("linear", "ll_iw"), ("geometric", "ll_iw"), ("linear", "ll_uniform")])
@@ -126,11 +126,10 @@ def test_ddpm_special_case_loss_is_l_simple():
             calls.append((z.clone(), t.clone()))
             return 0.1 * z
 
-    model = pixel_model(Recorder(), vp, mixed=False, shape=(1, 2, 2))
-    model.schedule = vp.discretize(1000)
+    model = DDPM(Recorder(), vp, 1000, data_shape=(1, 2, 2), levels=None)
     x0 = torch.randn(6, 1, 2, 2)
     torch.manual_seed(5)
-    loss = score_loss(model, x0)
+    loss = simple_loss(model, model.schedule, x0)
     torch.manual_seed(5)
     steps = torch.randint(1, 1001, (6,))
     noise = torch.randn_like(x0)

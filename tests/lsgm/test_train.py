@@ -1,6 +1,7 @@
 """Training infrastructure: exact resume, atomic checkpoints, clear errors, hydra presets and sweeps."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 
 from lsgm.build import build_model, load
 from lsgm.checkpoint import CheckpointError, load_checkpoint
+from lsgm.evaluate import validation_bound
 from lsgm.train import Trainer
 
 from .conftest import CONFIG_DIR, TINY, tiny_config
@@ -65,6 +67,37 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         trainer.save("last.pt")
     assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
+    trainer.close()
+
+
+def test_the_vae_alone_trains_through_the_trainer_and_a_non_finite_step_is_skipped(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config("kind=vae", "train.steps=40"), tmp_path)
+    assert trainer.model.kind == "vae" and trainer.score_parameters == [] and trainer.score_optimizer is None
+    x_val = trainer.data["val"].x
+
+    def bound():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return validation_bound(trainer.model.eval(), x_val, "vae", repeats=1)
+
+    before = bound()
+    for _ in range(20):
+        assert trainer.train_step(next(trainer.stream).x)["phase"] == "vae"
+    after = bound()
+    assert after < before - 0.2, (before, after)
+    weights = [p.detach().clone() for p in trainer.vae_parameters]
+    losses = trainer.model.losses
+
+    def non_finite(*arguments):
+        result = losses(*arguments)
+        result.loss_vae = result.loss_vae * float("nan")
+        return result
+
+    monkeypatch.setattr(trainer.model, "losses", non_finite)
+    trainer.train_step(next(trainer.stream).x)
+    assert trainer.progress.skipped == 1 and trainer.progress.step == 21
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.vae_parameters))
     trainer.close()
 
 
@@ -97,15 +130,35 @@ def test_every_preset_composes_and_builds(experiment):
     shapes = {"digits": ((1, 8, 8), 17), "mnist": ((1, 32, 32), 256), "cifar10": ((3, 32, 32), 256)}
     data_shape, levels = shapes[cfg.data.name]
     with torch.device("meta" if cfg.data.name != "digits" else "cpu"):  # GPU-sized presets: shapes only
-        model = build_model(cfg, data_shape, levels)
+        model = build_model(cfg, data_shape, levels, num_classes=10)
     assert model.data_shape == data_shape and model.levels == levels
     assert cfg.train.stage1_steps <= cfg.train.steps
+    assert model.kind == PRESET_KINDS.get(experiment, "lsgm") == cfg.kind
     if experiment == "digits_ddpm":
-        assert model.discrete and model.schedule.T == 1000 and model.vae is None
-    if experiment == "digits_vae":
-        assert model.prior == "vae"
+        assert model.schedule.T == 1000 and model.mixing_logit is None
     if experiment in ("mnist", "cifar10"):
-        assert cfg.train.amp == "bf16" and model.vae is not None
+        assert cfg.train.amp == "bf16"
+
+
+PRESET_KINDS = {"digits_vae": "vae", "digits_pixel": "pixel", "digits_class_pixel": "pixel", "digits_ddpm": "ddpm"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["score.discrete_steps=1000"], "kind=lsgm needs a continuous-time model"),
+    (["sde=subvp"], "the VP-SDE for the mixed or residual score"),
+    (["experiment=digits_pixel", "sde=ve", "score.mixed=false"], "an SDE with a N(0, I) prior"),
+    (["experiment=digits_ddpm", "sde=subvp"], "the VP-SDE, which DDPM's chain discretises"),
+    (["kind=ddpm"], "kind=ddpm needs vae=none"),
+    (["experiment=digits_ddpm", "score.mixed=true"], "score.mixed: false"),
+    (["experiment=digits_pixel", "train.stage1_steps=5"], "train.stage1_steps: 0"),
+    (["kind=vae", "condition=class"], "no condition"),
+    (["kind=gan"], "unknown kind 'gan'"),
+])
+def test_an_illegal_kind_and_config_is_one_clear_error(overrides, message):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(cfg, (1, 8, 8), 17, num_classes=10)
 
 
 def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):

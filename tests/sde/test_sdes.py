@@ -230,7 +230,7 @@ CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[2] / "configs" / 
 def test_make_sde_builds_every_config(path):
     import yaml
 
-    config = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("discrete_steps", "t_eps")}
+    config = yaml.safe_load(path.read_text())["process"]
     process = sde.make_sde(config)
     expected = {"subvp": sde.SubVPSDE, "ve": sde.VESDE}.get(path.stem, sde.VPSDE)
     assert type(process) is expected
