@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+test-slow: setup  # the checks marked slow (kept out of `make test`)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -20,17 +20,6 @@ from lsgm.models import DDPM, LSGM, PixelSGM
 from lsgm.score_net import ScoreNet
 from sde.gaussian import gaussian
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models and exact Gaussian ε's gain nothing from intra-op threads, which on a shared 2-core machine only
-    wait on each other; the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # A correlated Gaussian over 2×2 "images" (D = 4) whose exact ε drives the checks.
 MEAN = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
 COV = 0.25 * torch.tensor([[1.0, 0.8, 0.6, 0.3], [0.8, 1.0, 0.7, 0.5], [0.6, 0.7, 1.0, 0.8], [0.3, 0.5, 0.8, 1.0]],

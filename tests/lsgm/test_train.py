@@ -161,6 +161,7 @@ def test_an_illegal_kind_and_config_is_one_clear_error(overrides, message):
         build_model(cfg, (1, 8, 8), 17, num_classes=10)
 
 
+@pytest.mark.slow  # two training subprocesses with wandb: ~25 s
 def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):
     overrides = [o for o in TINY if not o.startswith("logger=")]
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}

@@ -13,18 +13,9 @@ TINY = {"channels": 8, "num_scales": 2, "groups_per_scale": 1, "latent_channels"
 TRAINING_STEPS = 240
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
-    that wait on each other make these tests many times slower; the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="package")
-def digits_split(one_thread) -> dict:
+def digits_split() -> dict:
     """The project's digits splits from lsgm.data: train 1293, val 144, test 360 images (17 levels)."""
     return {split: load_dataset("digits", split=split) for split in ("train", "val", "test")}
 

@@ -14,7 +14,7 @@ import torch
 from sde import likelihood
 from sde.sampling import NonFiniteError
 
-from .test_sampling import VP, exact_flow, gaussian_64d, mixture_2d, one_thread, rotated_gaussian  # noqa: F401
+from .test_sampling import VP, exact_flow, gaussian_64d, mixture_2d, rotated_gaussian
 
 T_EPS = 1e-5
 

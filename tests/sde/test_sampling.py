@@ -19,14 +19,6 @@ VP = sde.VPSDE()
 SCHEDULE = VP.discretize(1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The exact eps_fns are many small ops; on a shared 2-core machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def gaussian_2d():
     return gaussian([0.5, -1.0], [0.3, 0.05])
@@ -256,13 +248,20 @@ def test_continuous_model_runs_discrete_samplers():
 
 @pytest.mark.parametrize("name", list(sampling.SAMPLERS))
 def test_dispatcher_runs_every_sampler(name):
+    """Every sampler by name, at few steps, with its NFE; its samples of a 2-D Gaussian land near the Gaussian: the
+    mean within 0.1, the std within a factor 3 (few-step samplers inflate or shrink a narrow Gaussian's std:
+    measured 0.64 for ddim at 10 steps to 2.7 for heun at 5 points; x_T itself, N(0, I), would fail both)."""
     data = gaussian_2d()
-    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     options = {"ode": {}, "sde": {"steps": 20}, "ddpm": {}, "ddim": {"steps": 10}, "heun": {"steps": 5},
                "dpm2m": {"steps": 5}, "pc": {"steps": 10}}[name]
     x, nfe = sampling.sample(data.eps_fn(VP), VP, x_T, sampler=name, T=50, generator=torch.Generator(), **options)
     expected_nfe = {"sde": 21, "ddpm": 50, "ddim": 10, "heun": 9, "dpm2m": 5, "pc": 21}.get(name, nfe)
-    assert x.shape == x_T.shape and torch.isfinite(x).all() and nfe == expected_nfe
+    assert x.shape == x_T.shape and nfe == expected_nfe
+    mean, std = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([0.3, 0.05], dtype=torch.float64).sqrt()
+    assert ((x.mean(0) - mean).abs() < 0.1).all(), x.mean(0)
+    ratio = x.std(0) / std
+    assert ((ratio > 1 / 3) & (ratio < 3)).all(), ratio
 
 
 # --- reverse SDE ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sde import likelihood, sampling
 from sde.gaussian import gaussian
 from sde.grids import edm_grid, log_snr_grid, quadratic_grid, uniform_grid
 
-from .test_sampling import assert_moments, gaussian_2d, one_thread  # noqa: F401
+from .test_sampling import assert_moments, gaussian_2d
 
 CASES = {
     "vp-linear": sde.VPSDE("linear"),
