@@ -29,11 +29,12 @@ from .sample import draw, write_samples
 
 
 @torch.no_grad()
-def validation_bound(model, x: torch.Tensor, phase: str, repeats: int = 4, scheme: str = "ll_iw",
+def validation_bound(model, x: torch.Tensor, phase: str, repeats: int = 4, scheme: str | None = None,
                      t_eps: float = 1e-2, batch_size: int = 512) -> float:
     """A cheap stochastic bound in bits/dim for model selection (the caller fixes the seed): the model's
-    `validation_nats` in training phase `phase` averaged over `repeats` draws (DDPM: L_simple/(D ln 2), a loss)."""
-    total = sum(model.validation_nats(batch, phase, scheme, t_eps).sum().item()
+    `validation_nats` in training phase `phase` averaged over `repeats` draws (DDPM: L_simple/(D ln 2), a loss),
+    with time sampling `scheme` (None: the model's likelihood scheme, importance-sampled for VP)."""
+    total = sum(model.validation_nats(batch, phase, t_eps, scheme).sum().item()
                 for _ in range(repeats) for batch in x.split(batch_size))
     return total / (repeats * x.shape[0] * x[0].numel() * math.log(2))
 

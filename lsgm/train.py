@@ -277,7 +277,7 @@ class Trainer:
         with self.ema.applied(), torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(self.cfg.seed)
             self.model.eval()
-            bpd = validation_bound(self.model, x, phase, repeats=self.train_cfg.eval_repeats, scheme="ll_iw",
+            bpd = validation_bound(self.model, x, phase, repeats=self.train_cfg.eval_repeats,
                                    t_eps=self.cfg.sde.t_eps)
         return bpd
 

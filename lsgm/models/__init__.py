@@ -10,7 +10,7 @@ kind they hold.
 Every kind has `kind`, `data_shape`, `levels` and
     phase(step, train) -> str                          the training phase of a step ("vae", "joint", "score", ...)
     losses(phase, x, options: LossOptions) -> Losses   the step's losses of the VAE's and the score model's updates
-    validation_nats(x, phase, scheme, t_eps) -> (B,)   one stochastic draw of the validation bound per image
+    validation_nats(x, phase, t_eps) -> (B,)           one stochastic draw of the validation bound per image
     nll(x, k, **ode) -> ((B,) nats, NFE)               the test NLL bound per image (`lsgm.evaluate.test_nll`)
     sample(n, sampler, ...) -> (images, NFE)           samples on the data's grid
     monitored() -> dict                                numbers logged beside the losses

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sde import expand_like, sampling
+from sde.weighting import supported_schemes
 
 from ..data import to_levels, to_unit_range
 
@@ -100,6 +101,12 @@ class ScoreModel(nn.Module):
     def mixing_coefficient(self) -> torch.Tensor | None:
         """α = a·sigmoid(ℓ) per channel (a: the active mask), or None without mixing."""
         return None if self.mixing_logit is None else self.active * torch.sigmoid(self.mixing_logit)
+
+    @property
+    def likelihood_scheme(self) -> str:
+        """The time sampling of likelihood-weighted estimates: importance-sampled where the SDE supports it (VP),
+        uniform otherwise."""
+        return "ll_iw" if "ll_iw" in supported_schemes(self.sde) else "ll_uniform"
 
     @property
     def has_normal_base(self) -> bool:

@@ -96,12 +96,12 @@ class LSGM(ScoreModel):
         loss_score = denoising_terms(self, z0, options.scheme_p, options.t_eps, options.inputs).objective().mean()
         return Losses({**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score)
 
-    def validation_nats(self, x: torch.Tensor, phase: str, scheme: str, t_eps: float) -> torch.Tensor:
+    def validation_nats(self, x: torch.Tensor, phase: str, t_eps: float, scheme: str | None = None) -> torch.Tensor:
         """One stochastic draw of the bound per image (nats): the VAE's −ELBO in stage 1, LSGM's −ELBO with a DSM
-        estimate of the SGM cross-entropy after it."""
+        estimate of the SGM cross-entropy after it (time sampling `scheme`, default `likelihood_scheme`)."""
         if phase == "vae":
             return -self.vae.loss(x)["elbo_nats"]
-        return joint_loss(self, x, 1.0, scheme, "reweight_p_samples", t_eps).nelbo
+        return joint_loss(self, x, 1.0, scheme or self.likelihood_scheme, "reweight_p_samples", t_eps).nelbo
 
     # --- likelihood -------------------------------------------------------------------------------------
     @torch.no_grad()

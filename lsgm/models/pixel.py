@@ -42,10 +42,11 @@ class PixelSGM(ScoreModel):
         loss = self.score_loss(x, options).mean()
         return Losses({"loss_score": loss.detach()}, None, loss)
 
-    def validation_nats(self, x: torch.Tensor, phase: str, scheme: str, t_eps: float) -> torch.Tensor:
-        """One draw of the DSM cross-entropy of uniformly dequantized data minus D log Δ per image (nats)."""
+    def validation_nats(self, x: torch.Tensor, phase: str, t_eps: float, scheme: str | None = None) -> torch.Tensor:
+        """One draw of the DSM cross-entropy of uniformly dequantized data minus D log Δ per image (nats), with
+        time sampling `scheme` (default `likelihood_scheme`)."""
         dequantized = dequantize(x, self.levels)
-        terms = denoising_terms(self, dequantized, scheme, t_eps)
+        terms = denoising_terms(self, dequantized, scheme or self.likelihood_scheme, t_eps)
         return cross_entropy(self, terms, dequantized, t_eps) - x[0].numel() * math.log(bin_width(self.levels))
 
     @torch.no_grad()
@@ -88,7 +89,7 @@ class DDPM(PixelSGM):
         """L_simple per image (B,), `lsgm.objective.simple_loss`."""
         return simple_loss(self, self.schedule, x, options.inputs)
 
-    def validation_nats(self, x: torch.Tensor, phase: str, scheme: str, t_eps: float) -> torch.Tensor:
+    def validation_nats(self, x: torch.Tensor, phase: str, t_eps: float, scheme: str | None = None) -> torch.Tensor:
         """L_simple per image (a loss, not a bound: model selection only)."""
         return simple_loss(self, self.schedule, x)
 

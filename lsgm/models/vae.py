@@ -30,7 +30,7 @@ class VAEAlone(nn.Module):
         scalars, loss, _ = vae_stage(self.vae, x, options)
         return Losses(scalars, loss)
 
-    def validation_nats(self, x: torch.Tensor, phase: str, scheme: str, t_eps: float) -> torch.Tensor:
+    def validation_nats(self, x: torch.Tensor, phase: str, t_eps: float, scheme: str | None = None) -> torch.Tensor:
         """One draw of the VAE's −ELBO per image (nats)."""
         return -self.vae.loss(x)["elbo_nats"]
 

@@ -193,3 +193,23 @@ def test_stage1_trains_the_score_model_only_when_asked(tmp_path, score_in_stage1
     score_moved = any(not torch.equal(a, b) for a, b in zip(score_before, trainer.score_parameters))
     assert score_moved == score_in_stage1
     assert ("loss_score" in record) == score_in_stage1
+
+
+def test_a_pixel_model_trains_on_the_sub_vp_sde(tmp_path):
+    """sde=subvp is one config group away: the pixel SGM builds on it, validates with uniform time sampling (the
+    importance-sampled schemes are VP-only) and its denoising loss falls from the untrained network's D = 64."""
+    pixel = [o for o in TINY if not o.startswith(("vae.", "train.stage1_steps"))]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*pixel, "experiment=digits_pixel", "sde=subvp", "score.mixed=false",
+                                           "train.scheme_p=drop_all_uniform", "train.steps=60",
+                                           "train.batch_size=64", "score.net.channel_mult=[1]",
+                                           "score.net.attn_resolutions=[]", "train.lr_score=3e-3"])
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.model.kind == "pixel" and type(trainer.model.sde).__name__ == "SubVPSDE"
+    assert trainer.model.likelihood_scheme == "ll_uniform"
+    losses = [trainer.train_step(next(trainer.stream).x)["loss_score"].item() for _ in range(60)]
+    assert sum(losses[:5]) / 5 == pytest.approx(64, rel=0.15)  # ε̂ = 0 at the start: E‖ε‖² = D
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5, losses
+    trainer.progress.step = 60
+    assert 0 < trainer.validation_bpd() < 10
+    trainer.close()
