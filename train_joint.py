@@ -6,19 +6,35 @@
     torchrun --nproc_per_node=4 train_joint.py experiment=cifar10 data.root=/data/cifar10
 
 Each run folder holds config.yaml, metrics.jsonl, checkpoints/{last,best}.pt, samples/*.png and,
-unless logger=none, wandb/ (offline by default).
+unless logger=none, wandb/ (offline by default). One run at a time owns a folder (`lsgm.run_lock`).
+
+Exit codes: 0 finished; 2 bad input (a config that cannot run, one line saying what to change); 3 the run
+diverged (it stopped, its last good checkpoint kept); 4 interrupted by SIGINT/SIGTERM (checkpoint written:
+run the same command again to resume); 5 the run folder is in use by another run. The value returned to a
+hydra sweeper is the best validation bound (bits/dim), never a test-split number.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+from lsgm.checkpoint import CheckpointError
+from lsgm.guard import TrainingDiverged
+from lsgm.run_lock import RunFolderBusy
 from lsgm.train import Trainer
+
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_BUSY = 2, 3, 4, 5
+
+
+def fail(code: int, message: str) -> None:
+    print(f"train_joint.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
@@ -28,14 +44,19 @@ def main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.group is None:
         with open_dict(cfg):
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir)
+    except RunFolderBusy as error:
+        fail(EXIT_BUSY, str(error))
+    except (ValueError, CheckpointError) as error:
+        fail(EXIT_BAD_INPUT, str(error))
     try:
         trainer.fit()
         if trainer.stop_requested:
-            return None
+            fail(EXIT_INTERRUPTED, f"interrupted at step {trainer.progress.step}; run the same command to resume")
         summary = trainer.final_evaluation()
+    except TrainingDiverged as error:
+        fail(EXIT_DIVERGED, str(error))
     finally:
         trainer.close()
     if summary:
@@ -43,7 +64,7 @@ def main(cfg: DictConfig) -> float | None:
               f"({summary['test_nll_nfe']} ODE function evaluations)")
         print(f"samples: {summary['samples']}")
         print(f"run folder: {run_dir}")
-        return summary["test_bpd"]
+        return summary["best_val_bpd"]
     return None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import time
@@ -145,6 +146,29 @@ class RunLogger:
 
     def __exit__(self, *exception) -> None:
         self.finish()
+
+
+def drop_records_after(path: str | Path, step: int) -> None:
+    """Remove the records of steps after `step` from a metrics.jsonl (those a crashed run wrote after its last
+    checkpoint, which its resumed run writes again), rewriting the file atomically; no file: nothing to do."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _record_step(line: str) -> float:
+    """A metrics.jsonl line's step (a torn last line counts as past every step)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _quiet_settings(wandb, system_metrics: bool):

@@ -32,16 +32,30 @@ from .conditioning import random_masks
 from .data import BatchStream
 from .ema import EMA
 from .evaluate import generate, test_nll, validation_bound
-from .log import RunLogger
+from .guard import TrainingDiverged, UpdateGuard, check_train_config, weights_healthy
+from .log import RunLogger, drop_records_after
 from .models import LossOptions
+from .run_lock import RunLock
 
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """A nested config as {"a.b.c": value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @dataclass
 class Progress:
     step: int = 0
-    skipped: int = 0
+    skipped: int = 0  # updates skipped (non-finite) or undone (too large), VAE's and score model's counted apart
+    skipped_in_a_row: int = 0  # steps in a row in which some update was skipped or undone
     best_val: float = math.inf
     best_step: int = -1
 
@@ -51,11 +65,20 @@ class Trainer:
 
     def __init__(self, cfg, run_dir: str | Path):
         self.cfg, self.train_cfg = cfg, cfg.train
-        if self.train_cfg.stage1_steps > self.train_cfg.steps:
-            raise ValueError(f"train.stage1_steps ({self.train_cfg.stage1_steps}) exceeds train.steps "
-                             f"({self.train_cfg.steps})")
+        check_train_config(self.train_cfg)
         self.run_dir = Path(run_dir)
         self.context = distributed.setup(cfg.device)
+        self.lock = RunLock(self.run_dir).acquire() if self.context.is_main else None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg) -> None:
+        """Everything after the lock: data, model, optimizers; then the resume, validated before the run folder's
+        record and logs are written."""
+        self.logger = None
         if cfg.get("threads"):
             torch.set_num_threads(cfg.threads)
         self.device = self.context.device
@@ -86,8 +109,11 @@ class Trainer:
                                   rank=self.context.rank, world_size=world)
         self.progress = Progress()
         self.stop_requested = False
-        self.logger = self._make_logger() if self.context.is_main else None
-        self._resume()
+        resumed = self._resume()
+        if self.context.is_main:
+            self._record_config(resumed)
+            drop_records_after(self.run_dir / "metrics.jsonl", self.progress.step)  # a crash's records past it
+            self.logger = self._make_logger()
 
     # --- setup ------------------------------------------------------------------------------------
     def _score_groups(self, score_named: list) -> list[dict]:
@@ -113,11 +139,31 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _resume(self) -> None:
+    def _record_config(self, resumed: bool) -> None:
+        """config.yaml records the run's config when it starts. A resumed run whose config differs keeps that record,
+        says which keys changed, and appends its own as config.resumed-<step>.yaml."""
+        text = OmegaConf.to_yaml(self.cfg, resolve=True)
+        record = self.run_dir / "config.yaml"
+        if not (resumed and record.exists()):
+            record.write_text(text)
+            return
+        before = OmegaConf.to_container(OmegaConf.create(record.read_text()))
+        now = OmegaConf.to_container(OmegaConf.create(text))
+        changed = sorted(key for key in set(flat_keys(before)) | set(flat_keys(now))
+                         if flat_keys(before).get(key) != flat_keys(now).get(key))
+        if changed:
+            appended = self.run_dir / f"config.resumed-{self.progress.step}.yaml"
+            appended.write_text(text)
+            print(f"notice: resuming with a config that differs from config.yaml in {', '.join(changed)}; "
+                  f"config.yaml is kept and this run's config is recorded in {appended.name}")
+
+    def _resume(self) -> bool:
+        """Load the checkpoint to resume from, if any (train.resume, or the run folder's checkpoints/last.pt); a
+        checkpoint that does not fit this config raises before anything in the folder is written."""
         path = self.train_cfg.resume or (self.checkpoint_dir / "last.pt" if (self.checkpoint_dir / "last.pt").exists()
                                  else None)
         if path is None:
-            return
+            return False
         state = load_checkpoint(path, map_location=self.device)
         load_model_state(self.model, state["model"], path)
         self.ema.load_state_dict(state["ema"])
@@ -130,6 +176,7 @@ class Trainer:
         set_rng_state(state["rng"])
         if self.context.is_main:
             print(f"resumed from {path} at step {self.progress.step}")
+        return True
 
     def state(self) -> dict:
         train = self.data["train"]
@@ -144,10 +191,21 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
+        """Write checkpoints/<name> from healthy weights only (`lsgm.guard.weights_healthy`): a run whose weights
+        blew up stops instead of overwriting its last good checkpoint."""
         path = self.checkpoint_dir / name
         if self.context.is_main:
+            healthy, largest = weights_healthy(self.vae_parameters + self.score_parameters, self.max_weight)
+            if not healthy:
+                raise TrainingDiverged(f"not writing {path} at step {self.progress.step}: the largest weight is "
+                                       f"{largest:.4g} (limit train.max_weight = {self.max_weight:g}); the last good "
+                                       f"checkpoint is kept; lower the learning rates (train.lr_vae, train.lr_score)")
             save_checkpoint(path, self.state())
         return path
+
+    @property
+    def max_weight(self) -> float:
+        return float(self.train_cfg.get("max_weight") or math.inf)
 
     # --- phases and schedules -------------------------------------------------------------------------
     def phase(self, step: int) -> str:
@@ -203,6 +261,16 @@ class Trainer:
                            inputs=self._condition_inputs(x, y), fit=self.fit_config,
                            score_in_stage1=bool(train.get("score_in_stage1")))
 
+    def _guarded_step(self, parameters: list, optimizer) -> bool:
+        """optimizer.step(), undone when it moved the parameters by more than `train.max_update_ratio` of their norm
+        (`lsgm.guard.UpdateGuard`); whether the step was kept."""
+        with UpdateGuard(parameters, self.train_cfg.get("max_update_ratio")) as guard:
+            optimizer.step()
+            if guard.max_update_ratio is not None and bool(guard.ratio() > guard.max_update_ratio):
+                guard.undo()
+                return False
+        return True
+
     def _clip(self, parameters, loss) -> torch.Tensor:
         """The gradients' total norm before clipping to `grad_clip` (0 without a loss)."""
         if loss is None:
@@ -249,16 +317,25 @@ class Trainer:
             loss_score.backward(inputs=self.score_parameters)
         distributed.average_gradients(self.vae_parameters + self.score_parameters, self.context.world_size)
         grad_vae, grad_score = self._clip(self.vae_parameters, loss_vae), self._clip(self.score_parameters, loss_score)
-        checked = [v.detach().float() for v in (loss_vae, loss_score) if v is not None] + [grad_vae, grad_score]
-        finite = bool(torch.isfinite(torch.stack(checked)).all())  # the step's one device synchronisation
-        if finite:
-            if loss_vae is not None:
-                self.vae_optimizer.step()
-            if loss_score is not None:
-                self.score_optimizer.step()
-                self.ema.update()
-        else:
-            self.progress.skipped += 1
+        parts = [(loss, grad, parameters, optimizer) for loss, grad, parameters, optimizer in
+                 ((loss_vae, grad_vae, self.vae_parameters, self.vae_optimizer),
+                  (loss_score, grad_score, self.score_parameters, self.score_optimizer)) if loss is not None]
+        # one device synchronisation: is each part's loss and gradient norm finite
+        finite = torch.stack([torch.isfinite(loss.detach().float()) & torch.isfinite(grad)
+                              for loss, grad, _, _ in parts]).tolist()
+        kept = [ok and self._guarded_step(parameters, optimizer)
+                for (_, _, parameters, optimizer), ok in zip(parts, finite)]  # the VAE's and the score's, apart
+        if loss_score is not None and kept[-1]:
+            self.ema.update()
+        skipped = kept.count(False)
+        self.progress.skipped += skipped
+        self.progress.skipped_in_a_row = self.progress.skipped_in_a_row + 1 if skipped else 0
+        limit = self.train_cfg.get("max_skipped_steps") or math.inf
+        if self.progress.skipped_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"training diverged: {self.progress.skipped_in_a_row} steps in a row up to step {step + 1} had a "
+                f"non-finite loss or gradient or an update larger than train.max_update_ratio of the weights; "
+                f"lower the learning rates (train.lr_vae, train.lr_score) and resume from the last checkpoint")
         self.progress.step += 1
         lrs = {f"lr_{name}": optimizer.param_groups[0]["lr"] for name, optimizer in
                (("vae", self.vae_optimizer), ("score", self.score_optimizer)) if optimizer is not None}
@@ -344,6 +421,9 @@ class Trainer:
             return
         bpd = self.validation_bpd()
         self.logger.log({"val_bpd": bpd}, self.progress.step)
+        if not math.isfinite(bpd):
+            raise TrainingDiverged(f"the validation bound is {bpd} at step {self.progress.step}: no checkpoint is "
+                                   "written from this state; lower the learning rates and resume from the last one")
         final_phase = phase == self.phase(self.train_cfg.steps - 1)
         if final_phase and bpd < self.progress.best_val:
             self.progress.best_val, self.progress.best_step = bpd, self.progress.step
@@ -368,12 +448,16 @@ class Trainer:
         grid = self.logger.log_images("final_samples", images, self.progress.step)
         summary = {"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr, "test_nll_nfe": result.nfe,
                    "sample_nfe": sample_nfe, "checkpoint": str(path), "best_step": self.progress.best_step,
-                   "skipped_steps": self.progress.skipped, "samples": str(grid)}
+                   "skipped_steps": self.progress.skipped, "samples": str(grid),
+                   "best_val_bpd": self.progress.best_val}
         self.logger.log({"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr}, self.progress.step)
         self.logger.summary(summary)
         return summary
 
     def close(self) -> None:
-        if self.logger is not None:
+        """Finish the logger, leave the process group, and release the run folder."""
+        if getattr(self, "logger", None) is not None:
             self.logger.finish()
         distributed.teardown()
+        if self.lock is not None:
+            self.lock.release()

@@ -1,9 +1,13 @@
 """Training infrastructure: exact resume, atomic checkpoints, clear errors, hydra presets and sweeps."""
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ from omegaconf import OmegaConf
 from lsgm.build import build_model, load
 from lsgm.checkpoint import CheckpointError, load_checkpoint
 from lsgm.evaluate import validation_bound
+from lsgm.guard import TrainingDiverged
+from lsgm.run_lock import RunFolderBusy
 from lsgm.train import Trainer
 
 from .conftest import CONFIG_DIR, TINY, tiny_config
@@ -114,12 +120,130 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path):
         load(foreign)
 
 
-def test_resuming_with_an_incompatible_config_is_a_clear_error(tmp_path):
+def folder_state(run_dir: Path) -> dict:
+    """Every file of a run folder with its bytes."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_an_incompatible_restart_changes_no_file_and_a_compatible_one_appends_its_record(tmp_path, capsys):
     trainer = Trainer(tiny_config(), tmp_path)
+    trainer.train_step(next(trainer.stream).x)
     trainer.save("last.pt")
     trainer.close()
+    before = folder_state(tmp_path)
     with pytest.raises(CheckpointError, match="does not fit this model's configuration"):
         Trainer(tiny_config("score.net.channels=16"), tmp_path)
+    assert folder_state(tmp_path) == before
+    resumed = Trainer(tiny_config("train.lr_score=5e-4"), tmp_path)
+    resumed.close()
+    assert "differs from config.yaml in train.lr_score" in capsys.readouterr().out
+    assert (tmp_path / "config.yaml").read_bytes() == before[Path("config.yaml")]
+    assert "lr_score: 0.0005" in (tmp_path / "config.resumed-1.yaml").read_text()
+
+
+def test_a_second_run_in_a_live_run_folder_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path):
+    first = Trainer(tiny_config(), tmp_path)
+    before = folder_state(tmp_path)
+    with pytest.raises(RunFolderBusy, match=f"in use by pid {os.getpid()}"):
+        Trainer(tiny_config("seed=1"), tmp_path)
+    assert folder_state(tmp_path) == before  # the second run wrote nothing
+    first.fit()
+    first.close()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 8 and not (tmp_path / ".lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0.0}))
+    Trainer(tiny_config(), tmp_path).close()  # the dead owner's lock is taken over (and released)
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_an_exploding_learning_rate_is_undone_then_stops_the_run_and_its_checkpoint_stays_clean(tmp_path):
+    """lr_vae = 1e6: every VAE update is larger than the weights, undone, and after max_skipped_steps the run stops;
+    the checkpoint written before holds the good weights, and unhealthy weights are never written."""
+    trainer = Trainer(tiny_config("train.lr_vae=1e6", "train.max_skipped_steps=4", "train.warmup_fraction=0"),
+                      tmp_path)
+    trainer.save("last.pt")
+    good = [p.detach().clone() for p in trainer.vae_parameters]
+    with pytest.raises(TrainingDiverged, match="4 steps in a row up to step 4"):
+        trainer.fit()
+    assert all(torch.equal(a, b) for a, b in zip(good, trainer.vae_parameters))  # every update undone
+    assert trainer.progress.skipped == 4
+    with torch.no_grad():
+        trainer.vae_parameters[0].fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="not writing"):
+        trainer.save("last.pt")
+    trainer.close()
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_non_finite_score_loss_skips_only_the_score_update(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config("train.stage1_steps=0"), tmp_path)
+    vae_before = [p.detach().clone() for p in trainer.vae_parameters]
+    score_before = [p.detach().clone() for p in trainer.score_parameters]
+    losses = trainer.model.losses
+
+    def nan_score(*arguments):
+        result = losses(*arguments)
+        result.loss_score = result.loss_score * float("nan")
+        return result
+
+    monkeypatch.setattr(trainer.model, "losses", nan_score)
+    record = trainer.train_step(next(trainer.stream).x)
+    trainer.close()
+    assert record["phase"] == "joint" and trainer.progress.skipped == 1
+    assert any(not torch.equal(a, b) for a, b in zip(vae_before, trainer.vae_parameters))
+    assert all(torch.equal(a, b) for a, b in zip(score_before, trainer.score_parameters))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps must be a positive integer, got 0"),
+    ("train.steps=-5", "train.steps must be a positive integer, got -5"),
+    ("train.batch_size=0", "train.batch_size must be a positive integer"),
+    ("train.batch_size=-4", "train.batch_size must be a positive integer"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be a positive integer"),
+    ("train.log_every=0", "train.log_every must be a positive integer"),
+    ("train.stage1_steps=9", "train.stage1_steps must be an integer in 0..train.steps (8)"),
+    ("train.lr_vae=nan", "train.lr_vae must be a positive number"),
+])
+def test_bad_training_numbers_are_refused_before_any_work(tmp_path, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Trainer(tiny_config(override), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_joint_refuses_bad_input_with_exit_code_2(tmp_path):
+    command = [sys.executable, str(ROOT / "train_joint.py"), *TINY, f"hydra.run.dir={tmp_path}"]
+    bad = subprocess.run([*command, "train.steps=0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "train_joint.py: error: train.steps must be a positive integer, got 0"
+    assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.slow  # a training subprocess stopped by SIGTERM: ~30 s
+def test_an_interrupted_train_joint_exits_4_with_a_checkpoint(tmp_path):
+    command = [sys.executable, str(ROOT / "train_joint.py"), *TINY, f"hydra.run.dir={tmp_path}"]
+    run = subprocess.Popen([*command, "train.steps=100000", "train.log_every=1"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=240) == 4
+    assert "interrupted at step" in run.stderr.read()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] > 0
+
+
+def test_a_resumed_run_does_not_repeat_the_steps_a_crash_logged(tmp_path):
+    cfg = tiny_config("train.log_every=1")
+    train(cfg, tmp_path, stop_at=4)
+    with open(tmp_path / "metrics.jsonl", "a") as stream:  # a crash after step 4's checkpoint logged steps 5-6
+        stream.write(json.dumps({"step": 5, "loss_vae": 1.0}) + "\n" + json.dumps({"step": 6}) + "\n{\"step\": 7")
+    train(cfg, tmp_path)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [step for step in steps if step <= 8]
+    assert logged == sorted(logged) and len([s for s in steps if s == 5]) == 1
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
