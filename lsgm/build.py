@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -11,7 +12,7 @@ from torch import nn
 import nvae
 from sde import SDE, make_sde
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, read_pretrained
 from .conditioning import build_condition
 from .data import load_dataset
 from .models import DDPM, LSGM, PixelSGM, VAEAlone
@@ -166,11 +167,16 @@ def load_splits(data_cfg) -> dict:
 
 
 def load(path, device: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
-    """The trained model of a checkpoint, in eval mode, with the EMA weights of the score model (`ema=True`).
+    """The trained model of a checkpoint, in eval mode, with the EMA weights of the score model (`ema=True`); or of a
+    `save_pretrained` folder when `path` is a directory (its weights are the EMA ones already).
 
-    The model carries its run config as `model.config` (a DictConfig).
+    Checkpoints are read without running code (`lsgm.checkpoint.load_checkpoint`); an `lsgm-checkpoint-v1` file is
+    read too, with a `LegacyCheckpointWarning`. The model carries its run config as `model.config` (a DictConfig).
     """
-    state = load_checkpoint(path, map_location=device)
+    if Path(path).is_dir():
+        state = read_pretrained(path)
+    else:
+        state = load_checkpoint(path, map_location=device, legacy=True)
     config = upgrade_config(OmegaConf.create(state["config"]))
     try:
         model = build_model(config, state["data_shape"], state["levels"], state.get("num_classes"))
