@@ -68,6 +68,24 @@ def average_gradients(parameters, world_size: int) -> None:
         offset += grad.numel()
 
 
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, context: Context) -> None:
+    """Every parameter and buffer of `module` replaced by rank 0's (no-op in one process)."""
+    if context.world_size <= 1:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def any_rank(flag: bool, context: Context) -> bool:
+    """True on every rank when `flag` is true on any (one all-reduce; no communication in one process)."""
+    if context.world_size <= 1:
+        return flag
+    value = torch.tensor([float(flag)], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier(context: Context) -> None:
     if context.world_size > 1:
         dist.barrier()

@@ -27,7 +27,7 @@ from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warm
 
 from . import distributed
 from .build import build_model, load, load_splits, plain
-from .checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .conditioning import random_masks
 from .data import BatchStream
 from .ema import EMA
@@ -82,10 +82,12 @@ class Trainer:
         if cfg.get("threads"):
             torch.set_num_threads(cfg.threads)
         self.device = self.context.device
-        torch.manual_seed(cfg.seed + self.context.rank)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank (and rank 0's broadcast makes sure)
         self.data = load_splits(cfg.data)
         train = self.data["train"]
         self.model = build_model(cfg, train.shape, train.levels, train.num_classes).to(self.device)
+        distributed.broadcast_module(self.model, self.context)
+        torch.manual_seed(cfg.seed + self.context.rank)  # ranks differ in their noise draws and data shards only
         self.memory_format = torch.channels_last if self.train_cfg.get("channels_last") else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         named = list(self.model.named_parameters())
@@ -165,6 +167,11 @@ class Trainer:
         if path is None:
             return False
         state = load_checkpoint(path, map_location=self.device)
+        world = self.context.world_size
+        if state.get("world_size", 1) != world:
+            raise CheckpointError(f"{path} was written by a run of {state.get('world_size', 1)} processes and this "
+                                  f"one has {world}: their data shards differ; resume with torchrun "
+                                  f"--nproc_per_node={state.get('world_size', 1)}, or start a new run folder")
         load_model_state(self.model, state["model"], path)
         self.ema.load_state_dict(state["ema"])
         if self.vae_optimizer is not None:
@@ -173,7 +180,9 @@ class Trainer:
             self.score_optimizer.load_state_dict(state["score_optimizer"])
         self.stream.load_state_dict(state["data"])
         self.progress = Progress(**state["progress"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"])  # rank 0's; the other ranks draw their own noise, seeded by rank and step
+        if self.context.rank:
+            torch.manual_seed(self.cfg.seed + 1_000_003 * self.progress.step + self.context.rank)
         if self.context.is_main:
             print(f"resumed from {path} at step {self.progress.step}")
         return True
@@ -187,7 +196,7 @@ class Trainer:
             "vae_optimizer": self.vae_optimizer.state_dict() if self.vae_optimizer is not None else None,
             "score_optimizer": self.score_optimizer.state_dict() if self.score_optimizer is not None else None,
             "data": self.stream.state_dict(), "progress": vars(self.progress).copy(), "rng": rng_state(),
-            "step": self.progress.step,
+            "step": self.progress.step, "world_size": self.context.world_size,
         }
 
     def save(self, name: str) -> Path:
@@ -374,6 +383,11 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = True
 
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (all ranks then stop after the same step; one rank saves)."""
+        self.stop_requested = distributed.any_rank(self.stop_requested, self.context)
+        return self.stop_requested
+
     def fit(self) -> dict:
         """Train until `train.steps` (or a stop signal); returns the final record. Numbers stay on the device
         between logging steps (`log_every`), where they are read once."""
@@ -384,7 +398,7 @@ class Trainer:
         running, start, first_step = None, time.time(), self.progress.step
         record: dict = {}
         try:
-            while self.progress.step < train.steps and not self.stop_requested:
+            while self.progress.step < train.steps and not self._stop_agreed():
                 phase_before = self.phase(self.progress.step)
                 batch = next(self.stream)
                 record = self.train_step(batch.x.contiguous(memory_format=self.memory_format), batch.y)
