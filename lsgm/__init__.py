@@ -1,8 +1,11 @@
 """LSGM: a VAE and a latent score model trained jointly; data, training, evaluation, applications.
 
-`lsgm.load(path)` returns a trained model (EMA weights, eval mode) ready to sample and evaluate.
+`lsgm.load(path)` returns a trained model (EMA weights, eval mode) ready to sample and evaluate;
+`lsgm.save_pretrained(model, folder)` writes it for sharing (safetensors + JSON), `lsgm.from_pretrained(folder)`
+reads it back.
 """
 
 from .build import load
+from .checkpoint import from_pretrained, save_pretrained
 
-__all__ = ["load"]
+__all__ = ["from_pretrained", "load", "save_pretrained"]
