@@ -40,6 +40,15 @@ from .run_lock import RunLock
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
 
 
+def compile_networks(model: torch.nn.Module) -> None:
+    """torch.compile the forward of the score network and of the VAE in place (`nn.Module.compile`: the state
+    dict keeps its names, so checkpoints load either way)."""
+    for name in ("score_net", "vae"):
+        network = getattr(model, name, None)
+        if network is not None:
+            network.compile()
+
+
 def flat_keys(tree: dict, prefix: str = "") -> dict:
     """A nested config as {"a.b.c": value}."""
     flat = {}
@@ -90,6 +99,8 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.context.rank)  # ranks differ in their noise draws and data shards only
         self.memory_format = torch.channels_last if self.train_cfg.get("channels_last") else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        if self.train_cfg.get("compile"):
+            compile_networks(self.model)
         named = list(self.model.named_parameters())
         self.vae_parameters = [p for n, p in named if n.startswith("vae.")]
         score_named = [(n, p) for n, p in named if not n.startswith("vae.")]
@@ -313,7 +324,7 @@ class Trainer:
         self._set_learning_rates(phase, step)
         kl_weight = self._kl_weight(step)
         self.model.train()
-        amp = self.train_cfg.amp == "bf16" and self.device.type == "cuda"
+        amp = self.train_cfg.amp == "bf16"  # bf16 autocast on CUDA and CPU alike; the weights stay float32
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
             losses = self.model.losses(phase, x, self.loss_options(x, y, kl_weight))
         scalars, loss_vae, loss_score = losses.scalars, losses.loss_vae, losses.loss_score
