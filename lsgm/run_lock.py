@@ -1,7 +1,8 @@
-"""One writer per run folder: a lock file `<run>/.lock` holding the owner's pid, host and start time.
+"""One writer per run folder: a lock file `<run>/.lock` holding the owner's pid, host, start time and SLURM job id.
 
 `RunLock(run_dir).acquire()` creates the file atomically (O_CREAT | O_EXCL). A lock already there is taken over only
-when it is stale: written on this host by a process that no longer exists. Otherwise the second run stops at once
+when it is stale: written on this host by a process that no longer exists, or by an earlier run of the same SLURM
+job (a requeued job resumes its own folder, possibly on another node). Otherwise the second run stops at once
 with `RunFolderBusy`, before it has read or written anything in the folder.
 """
 
@@ -37,7 +38,8 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_NAME
-        self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)}
+        self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
+                      "job": os.environ.get("SLURM_JOB_ID")}
         self.held = False
 
     def acquire(self) -> RunLock:
@@ -88,7 +90,10 @@ class RunLock:
             return 0.0
 
     def _stale(self, holder: dict) -> bool:
-        return holder["host"] == self.owner["host"] and not process_alive(int(holder["pid"]))
+        """The holder is gone: a dead process on this host, or an earlier run of this SLURM job (requeued, possibly
+        on another node)."""
+        same_job = holder.get("job") is not None and holder.get("job") == self.owner["job"]
+        return same_job or (holder["host"] == self.owner["host"] and not process_alive(int(holder["pid"])))
 
     def __enter__(self) -> RunLock:
         return self.acquire()

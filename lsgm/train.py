@@ -37,6 +37,8 @@ from .log import RunLogger, drop_records_after
 from .models import LossOptions
 from .run_lock import RunLock
 
+# SIGINT/SIGTERM (ctrl-C, torchrun, kill), and SIGUSR1, which SLURM/submitit send before a job's time limit
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
 
 
@@ -393,6 +395,7 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = True
+        self.stop_signal = signum
 
     def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop (all ranks then stop after the same step; one rank saves)."""
@@ -402,7 +405,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train until `train.steps` (or a stop signal); returns the final record. Numbers stay on the device
         between logging steps (`log_every`), where they are read once."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         train = self.train_cfg
         bar = tqdm(total=train.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
                    desc="train")
@@ -438,6 +441,9 @@ class Trainer:
         if self.stop_requested:
             self.save("last.pt")
             print(f"stopped by a signal at step {self.progress.step}; checkpoint: {self.checkpoint_dir / 'last.pt'}")
+            handler = previous.get(getattr(self, "stop_signal", None))
+            if callable(handler):  # e.g. submitit's SIGUSR1 handler, which requeues the job to resume from last.pt
+                handler(self.stop_signal, None)
         return record
 
     def _evaluate(self, phase: str, phase_ends: bool) -> None:

@@ -386,3 +386,39 @@ def test_compiled_networks_match_eager_ones(tmp_path, monkeypatch):
     assert list(trainer.model.state_dict()) == names  # checkpoints keep their keys
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_the_slurm_launcher_preset_composes_into_submitit():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.utils import get_class
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "experiment=cifar10"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    assert launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0  # SIGUSR1 saves; the requeue resumes
+
+
+def test_sigusr1_saves_stops_and_hands_over_to_the_previous_handler(tmp_path):
+    """SLURM (submitit) sends SIGUSR1 before the time limit: the trainer saves last.pt at the end of the step, stops,
+    then calls the handler it displaced (submitit's, which requeues the job)."""
+    called = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: called.append(signum))
+    try:
+        trainer = Trainer(tiny_config("train.steps=50"), tmp_path)
+        step = trainer.train_step
+
+        def step_then_signal(x, y=None):
+            record = step(x, y)
+            if trainer.progress.step == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return record
+
+        trainer.train_step = step_then_signal
+        trainer.fit()
+        trainer.close()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert called == [signal.SIGUSR1] and load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
