@@ -41,9 +41,11 @@ def fail(code: int, message: str) -> None:
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.group is None:
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a sweep: one wandb group, dated; runs named by their overrides
+        sweep = Path(hydra_cfg.sweep.dir)
         with open_dict(cfg):
-            cfg.logger.group = Path(hydra_cfg.sweep.dir).name
+            cfg.logger.group = cfg.logger.group or f"{sweep.parent.name}_{sweep.name}"
+            cfg.logger.name = cfg.logger.name or hydra_cfg.job.override_dirname or run_dir.name
     try:
         trainer = Trainer(cfg, run_dir)
     except RunFolderBusy as error:

@@ -38,9 +38,10 @@ class RunLogger:
     ``mode="none"``, to a wandb run of its own (safe with several runs in one process, e.g. a hydra
     multirun, provided each is finished before the next starts or they are used independently).
 
-    ``project``, ``name``, ``group``, ``tags``, ``notes``, ``entity`` and ``config`` (the resolved
-    config as a plain dict) go to ``wandb.init``. ``system_metrics`` keeps wandb's CPU/GPU monitor.
-    Use as a context manager, or call :meth:`finish`.
+    ``project``, ``name``, ``group``, ``tags``, ``notes``, ``entity``, ``job_type`` and ``config`` (the
+    resolved config as a plain dict) go to ``wandb.init``. ``run_id`` continues that wandb run (a resumed
+    training run passes the id its checkpoint stored: one history, not two). ``system_metrics`` keeps wandb's
+    CPU/GPU monitor. ``val/bpd`` is summarised by its minimum. Use as a context manager, or call :meth:`finish`.
     """
 
     def __init__(
@@ -55,6 +56,8 @@ class RunLogger:
         entity: str | None = None,
         config: Mapping | None = None,
         system_metrics: bool = False,
+        job_type: str | None = None,
+        run_id: str | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown logger mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -72,8 +75,10 @@ class RunLogger:
             self.wandb_run = wandb.init(
                 dir=str(self.run_dir), mode=mode, project=project, name=name, group=group,
                 tags=list(tags) or None, notes=notes, entity=entity, config=dict(config or {}),
+                job_type=job_type, id=run_id, resume="allow" if run_id else None,
                 reinit="create_new", settings=_quiet_settings(wandb, system_metrics),
             )
+            self.wandb_run.define_metric("val/bpd", summary="min")
 
     def log(self, scalars: Mapping[str, object], step: int) -> None:
         """Append ``scalars`` (numbers, numpy scalars or one-element tensors) at ``step`` to
@@ -132,6 +137,19 @@ class RunLogger:
         os.replace(temporary, path)
         if self.wandb_run is not None:
             self.wandb_run.summary.update(values)
+
+    @property
+    def run_id(self) -> str | None:
+        """The wandb run's id (None without wandb)."""
+        return self.wandb_run.id if self.wandb_run is not None else None
+
+    def log_artifact(self, path: str | Path, name: str, kind: str = "model") -> None:
+        """A file as a wandb reference artifact (its path and checksum, not a copy: works offline too)."""
+        if self.wandb_run is None:
+            return
+        artifact = self._wandb.Artifact(_file_stem(name), type=kind)
+        artifact.add_reference(Path(path).resolve().as_uri())
+        self.wandb_run.log_artifact(artifact)
 
     def finish(self) -> None:
         """Close metrics.jsonl and finish the wandb run; calling it again does nothing."""

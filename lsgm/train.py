@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,20 @@ from .run_lock import RunLock
 # SIGINT/SIGTERM (ctrl-C, torchrun, kill), and SIGUSR1, which SLURM/submitit send before a job's time limit
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree lsgm runs from (with "+dirty" for uncommitted changes), None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode:
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def compile_networks(model: torch.nn.Module) -> None:
@@ -124,6 +139,7 @@ class Trainer:
                                   rank=self.context.rank, world_size=world)
         self.progress = Progress()
         self.stop_requested = False
+        self.wandb_id = None  # the wandb run this training run logs to (kept in checkpoints, continued on resume)
         resumed = self._resume()
         if self.context.is_main:
             self._record_config(resumed)
@@ -144,11 +160,14 @@ class Trainer:
                 {"params": mixing, "lr_scale": lr_mixing / self.train_cfg.lr_score, "weight_decay": 0.0}]
 
     def _make_logger(self) -> RunLogger:
+        """The run's logger: a resumed run continues the wandb run its checkpoint names."""
         log = plain(self.cfg.logger)
+        config = {**OmegaConf.to_container(self.cfg, resolve=True), "git_commit": git_commit()}
         return RunLogger(self.run_dir, mode=log.get("mode", "offline"), project=log.get("project", "lsgm"),
                          name=log.get("name") or self.run_dir.name, group=log.get("group"),
                          tags=log.get("tags") or (), notes=log.get("notes"), entity=log.get("entity"),
-                         config=OmegaConf.to_container(self.cfg, resolve=True))
+                         config=config, system_metrics=bool(log.get("system_metrics")), job_type="train",
+                         run_id=self.wandb_id)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -193,6 +212,7 @@ class Trainer:
             self.score_optimizer.load_state_dict(state["score_optimizer"])
         self.stream.load_state_dict(state["data"])
         self.progress = Progress(**state["progress"])
+        self.wandb_id = state.get("wandb_id")
         set_rng_state(state["rng"])  # rank 0's; the other ranks draw their own noise, seeded by rank and step
         if self.context.rank:
             torch.manual_seed(self.cfg.seed + 1_000_003 * self.progress.step + self.context.rank)
@@ -210,6 +230,7 @@ class Trainer:
             "score_optimizer": self.score_optimizer.state_dict() if self.score_optimizer is not None else None,
             "data": self.stream.state_dict(), "progress": vars(self.progress).copy(), "rng": rng_state(),
             "step": self.progress.step, "world_size": self.context.world_size,
+            "wandb_id": self.logger.run_id if self.logger is not None else self.wandb_id,
         }
 
     def save(self, name: str) -> Path:
@@ -425,8 +446,8 @@ class Trainer:
                     bar.set_postfix(phase=record["phase"], loss=f"{running.item():.4g}", skipped=self.progress.skipped)
                     if self.logger:
                         speed = (step - first_step) * train.batch_size / (time.time() - start)
-                        numbers = {k: v for k, v in record.items() if k != "phase"}
-                        self.logger.log({**numbers, "images_per_second": speed}, step)
+                        numbers = {f"train/{k}": v for k, v in record.items() if k != "phase"}
+                        self.logger.log({**numbers, "train/images_per_second": speed}, step)
                 phase_ends = step == train.steps or self.phase(step) != phase_before
                 if step % train.eval_every == 0 or phase_ends:
                     self._evaluate(phase_before, phase_ends)
@@ -451,7 +472,7 @@ class Trainer:
             distributed.barrier(self.context)
             return
         bpd = self.validation_bpd()
-        self.logger.log({"val_bpd": bpd}, self.progress.step)
+        self.logger.log({"val/bpd": bpd}, self.progress.step)
         if not math.isfinite(bpd):
             raise TrainingDiverged(f"the validation bound is {bpd} at step {self.progress.step}: no checkpoint is "
                                    "written from this state; lower the learning rates and resume from the last one")
@@ -481,7 +502,8 @@ class Trainer:
                    "sample_nfe": sample_nfe, "checkpoint": str(path), "best_step": self.progress.best_step,
                    "skipped_steps": self.progress.skipped, "samples": str(grid),
                    "best_val_bpd": self.progress.best_val}
-        self.logger.log({"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr}, self.progress.step)
+        self.logger.log({"test/bpd": result.bpd, "test/bpd_stderr": result.bpd_stderr}, self.progress.step)
+        self.logger.log_artifact(path, f"{self.run_dir.name}-best")
         self.logger.summary(summary)
         return summary
 

@@ -299,8 +299,9 @@ def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):
             assert (run_dir / name).is_file(), name
         assert list((run_dir / "samples").glob("*.png"))
         assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
-    groups = {OmegaConf.load(tmp_path / job / "config.yaml").logger.group for job in "01"}
-    assert groups == {tmp_path.name}
+    loggers = [OmegaConf.load(tmp_path / job / "config.yaml").logger for job in "01"]
+    assert {logger.group for logger in loggers} == {f"{tmp_path.parent.name}_{tmp_path.name}"}
+    assert [logger.name for logger in loggers] == ["train.lr_score=1e-4", "train.lr_score=3e-4"]
     assert result.stdout.count("test NLL:") == 2
 
 
@@ -422,3 +423,35 @@ def test_sigusr1_saves_stops_and_hands_over_to_the_previous_handler(tmp_path):
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert called == [signal.SIGUSR1] and load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_a_resumed_run_continues_its_wandb_run_with_prefixed_metrics(tmp_path, monkeypatch):
+    """The wandb id is kept in the checkpoint: the resumed run's offline files carry the same id. Metrics go out as
+    train/..., val/bpd and test/bpd."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config("logger=wandb", "train.log_every=2", "train.eval_every=2")
+    train(cfg, tmp_path, stop_at=4)
+    stored = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["wandb_id"]
+    train(cfg, tmp_path)
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {run.name.rsplit("-", 1)[1] for run in runs} == {stored}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*records) - {"step", "time", "elapsed"}
+    assert {"train/loss_vae", "train/images_per_second", "val/bpd"} <= keys
+    assert all(key.startswith(("train/", "val/", "test/")) for key in keys), keys
+
+
+def test_the_wandb_sweep_command_line_composes_into_a_valid_config():
+    """What `wandb agent` runs for sweeps/digits_lr.yaml: train_joint.py with each parameter as key=value (a hydra
+    override), one point of every range; the config composes and builds its model."""
+    import yaml
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "digits_lr.yaml").read_text())
+    assert sweep["program"] == "train_joint.py" and "${args_no_hyphens}" in sweep["command"]
+    assert sweep["metric"] == {"name": "val/bpd", "goal": "minimize"}
+    point = {key: spec["values"][-1] if "values" in spec else spec["max"] for key, spec in sweep["parameters"].items()}
+    extra = [part for part in sweep["command"] if not part.startswith("${")]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"{key}={value}" for key, value in point.items()] + extra)
+    assert cfg.train.lr_score == point["train.lr_score"] and cfg.logger.mode == "online"
+    assert build_model(cfg, (1, 8, 8), 17).kind == "lsgm"
