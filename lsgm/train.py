@@ -13,9 +13,11 @@ continues the same trajectory; SIGINT/SIGTERM save and stop at the end of the cu
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from .log import RunLogger, drop_records_after
 from .models import LossOptions
 from .run_lock import RunLock
 
+log = logging.getLogger(__name__)  # hydra writes it to the console and to the run folder's train_joint.log
 # SIGINT/SIGTERM (ctrl-C, torchrun, kill), and SIGUSR1, which SLURM/submitit send before a job's time limit
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
@@ -145,6 +148,15 @@ class Trainer:
             self._record_config(resumed)
             drop_records_after(self.run_dir / "metrics.jsonl", self.progress.step)  # a crash's records past it
             self.logger = self._make_logger()
+            self._announce()
+
+    def _announce(self) -> None:
+        """The run's folder, device, model and parameter counts, and where wandb writes, before the first step."""
+        count = lambda parameters: sum(p.numel() for p in parameters)  # noqa: E731
+        wandb_dir = self.run_dir / "wandb" if self.logger.wandb_run is not None else "off"
+        log.info(f"run folder {self.run_dir}; device {self.device} × {self.context.world_size} process(es); "
+                 f"model {self.model.kind}: VAE {count(self.vae_parameters):,} and score model "
+                 f"{count(self.score_parameters):,} parameters; wandb {wandb_dir}")
 
     # --- setup ------------------------------------------------------------------------------------
     def _score_groups(self, score_named: list) -> list[dict]:
@@ -188,7 +200,7 @@ class Trainer:
         if changed:
             appended = self.run_dir / f"config.resumed-{self.progress.step}.yaml"
             appended.write_text(text)
-            print(f"notice: resuming with a config that differs from config.yaml in {', '.join(changed)}; "
+            log.warning(f"resuming with a config that differs from config.yaml in {', '.join(changed)}; "
                   f"config.yaml is kept and this run's config is recorded in {appended.name}")
 
     def _resume(self) -> bool:
@@ -217,7 +229,7 @@ class Trainer:
         if self.context.rank:
             torch.manual_seed(self.cfg.seed + 1_000_003 * self.progress.step + self.context.rank)
         if self.context.is_main:
-            print(f"resumed from {path} at step {self.progress.step}")
+            log.info(f"resumed from {path} at step {self.progress.step}")
         return True
 
     def state(self) -> dict:
@@ -332,7 +344,7 @@ class Trainer:
             active = self.model.drop_inactive(x)
         count = int(active.sum())
         if self.context.is_main:
-            print(f"drop_inactive_var: {count} of {active.numel()} latent channels active (KL ≥ 0.1 nat)")
+            log.info(f"drop_inactive_var: {count} of {active.numel()} latent channels active (KL ≥ 0.1 nat)")
         return {"active_channels": count}
 
     def _starts_score_prior(self, phase: str, step: int) -> bool:
@@ -429,7 +441,7 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         train = self.train_cfg
         bar = tqdm(total=train.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
-                   desc="train")
+                   desc="train", mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a SLURM log: a line per 30 s
         running, start, first_step = None, time.time(), self.progress.step
         record: dict = {}
         try:
@@ -461,7 +473,7 @@ class Trainer:
                 signal.signal(sig, handler)
         if self.stop_requested:
             self.save("last.pt")
-            print(f"stopped by a signal at step {self.progress.step}; checkpoint: {self.checkpoint_dir / 'last.pt'}")
+            log.info(f"stopped by a signal at step {self.progress.step}; checkpoint: {self.checkpoint_dir / 'last.pt'}")
             handler = previous.get(getattr(self, "stop_signal", None))
             if callable(handler):  # e.g. submitit's SIGUSR1 handler, which requeues the job to resume from last.pt
                 handler(self.stop_signal, None)

@@ -125,7 +125,7 @@ def folder_state(run_dir: Path) -> dict:
     return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_an_incompatible_restart_changes_no_file_and_a_compatible_one_appends_its_record(tmp_path, capsys):
+def test_an_incompatible_restart_changes_no_file_and_a_compatible_one_appends_its_record(tmp_path, caplog):
     trainer = Trainer(tiny_config(), tmp_path)
     trainer.train_step(next(trainer.stream).x)
     trainer.save("last.pt")
@@ -136,7 +136,7 @@ def test_an_incompatible_restart_changes_no_file_and_a_compatible_one_appends_it
     assert folder_state(tmp_path) == before
     resumed = Trainer(tiny_config("train.lr_score=5e-4"), tmp_path)
     resumed.close()
-    assert "differs from config.yaml in train.lr_score" in capsys.readouterr().out
+    assert "differs from config.yaml in train.lr_score" in caplog.text
     assert (tmp_path / "config.yaml").read_bytes() == before[Path("config.yaml")]
     assert "lr_score: 0.0005" in (tmp_path / "config.resumed-1.yaml").read_text()
 
@@ -455,3 +455,12 @@ def test_the_wandb_sweep_command_line_composes_into_a_valid_config():
         cfg = compose("config", overrides=[f"{key}={value}" for key, value in point.items()] + extra)
     assert cfg.train.lr_score == point["train.lr_score"] and cfg.logger.mode == "online"
     assert build_model(cfg, (1, 8, 8), 17).kind == "lsgm"
+
+
+@pytest.mark.parametrize("experiment, stage1", [("digits", 10), ("digits_ddpm", 0), ("digits_vae", 0)])
+def test_the_debug_preset_shrinks_any_preset_to_a_smoke_run(experiment, stage1):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", "debug=default"])
+    assert (cfg.train.steps, cfg.train.stage1_steps, cfg.logger.mode) == (20, stage1, "none")
+    assert cfg.sampler.name == "heun" and cfg.train.final_eval.max_images == 16
+    assert build_model(cfg, (1, 8, 8), 17, num_classes=10).kind == cfg.kind
