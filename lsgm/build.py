@@ -18,7 +18,6 @@ from .data import load_dataset
 from .models import DDPM, LSGM, PixelSGM, VAEAlone
 from .score_net import ScoreNet
 
-
 # ${stage1_for:${kind},N} in a config: N VAE-alone steps for an LSGM, 0 for the kinds that have no stage 1
 OmegaConf.register_new_resolver("stage1_for", lambda kind, steps: int(steps) if kind == "lsgm" else 0, replace=True)
 
