@@ -52,9 +52,10 @@ class Normal:
     def std(self) -> torch.Tensor:
         return torch.exp(self.log_std)
 
-    def sample(self, temperature: float = 1.0) -> torch.Tensor:
-        """Reparameterised z = mu + temperature * std * eps, eps ~ N(0, I)."""
-        return self.mu + temperature * self.std * torch.randn_like(self.mu)
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised z = mu + temperature * std * eps, eps ~ N(0, I) (from `generator`, or torch's global one)."""
+        eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + temperature * self.std * eps
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Elementwise log N(z; mu, std^2) = -((z - mu)/std)^2 / 2 - log std - log(2 pi)/2."""
@@ -102,10 +103,12 @@ class DiscreteImageDistribution:
     def _reference(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(self) -> torch.Tensor:
-        """x_i = c_k with k ~ Categorical(p(x_i = c_.)), shape (B, C, H, W)."""
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_i = c_k with k ~ Categorical(p(x_i = c_.)), shape (B, C, H, W) (drawn from `generator`, or torch's
+        global one)."""
         log_p = self.bin_log_probs()
-        k = torch.distributions.Categorical(logits=log_p).sample()
+        probabilities = log_p.softmax(-1).reshape(-1, self.levels)
+        k = torch.multinomial(probabilities, 1, True, generator=generator).view(log_p.shape[:-1])
         return bin_centers(self.levels, log_p.device, log_p.dtype)[k]
 
     def mean(self) -> torch.Tensor:

@@ -293,11 +293,12 @@ class NVAE(nn.Module):
         return VAEOutput(**vars(latents), dist=self._output(h))
 
     def decode(self, z: Sequence[torch.Tensor | None], temperature: float = 1.0,
-               batch_size: int | None = None, space: str = "z") -> DiscreteImageDistribution:
+               batch_size: int | None = None, space: str = "z",
+               generator: torch.Generator | None = None) -> DiscreteImageDistribution:
         """p(x | z) for a list of groups (top first); a None entry is drawn from the VAE's conditional
         prior p(z_g | z_<g) with its std scaled by ``temperature``. With ``space="eps"`` the given entries are
         prior-standardised eps_g and z_g = mu_p + sigma_p eps_g. ``batch_size`` is needed only when every entry
-        is None."""
+        is None. Prior draws come from `generator` (torch's global one by default)."""
         if space not in ("z", "eps"):
             raise ValueError(f"space must be 'z' or 'eps', got {space!r}")
         if len(z) != len(self.groups):
@@ -310,17 +311,19 @@ class NVAE(nn.Module):
             h = group.block(h)
             prior = group.prior_dist(h)
             if z_g is None:
-                z_g = prior.sample(temperature)
+                z_g = prior.sample(temperature, generator)
             elif space == "eps":
                 z_g = prior.mu + prior.std * z_g
             h = group.merge(h, z_g)
         return self._output(h)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, mean: bool = False) -> torch.Tensor:
-        """n images in [-1, 1] from the VAE's own prior: x ~ p(x | z) (or its mean), z ~ p_T(z)."""
-        dist = self.decode([None] * len(self.groups), temperature, batch_size=n)
-        return dist.mean() if mean else dist.sample()
+    def sample(self, n: int, temperature: float = 1.0, mean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images in [-1, 1] from the VAE's own prior: x ~ p(x | z) (or its mean), z ~ p_T(z); every draw from
+        `generator` (torch's global one by default)."""
+        dist = self.decode([None] * len(self.groups), temperature, batch_size=n, generator=generator)
+        return dist.mean() if mean else dist.sample(generator)
 
     # ----------------------------------------------------------------------------------- objectives
     def loss(self, x: torch.Tensor, kl_weight: float = 1.0, kl_balance: bool = True) -> dict:

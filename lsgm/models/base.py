@@ -46,6 +46,54 @@ def data_grid(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     return to_unit_range(to_levels(x, levels), levels).to(x.dtype)
 
 
+OUTPUT_TYPES = ("tensor", "unit", "numpy", "pil")
+
+
+def as_output(images: torch.Tensor, output_type: str = "tensor"):
+    """Images (B, C, H, W) in [−1, 1] as `output_type`: "tensor" as they are, "unit" in [0, 1], "numpy" uint8
+    (B, H, W, C) in 0..255, "pil" a list of PIL images (mode L or RGB)."""
+    if output_type == "tensor":
+        return images
+    if output_type == "unit":
+        return (images + 1) / 2
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
+    pixels = to_levels(images.detach().float().cpu(), 256).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if output_type == "numpy":
+        return pixels
+    from PIL import Image
+
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+
+def condition_slice(y, start: int, stop: int):
+    """Rows start:stop of a condition: labels (N,), or (images, mask) with a mask of one row or of N."""
+    if y is None or torch.is_tensor(y):
+        return None if y is None else y[start:stop]
+    images, mask = y
+    mask = torch.as_tensor(mask)
+    return images[start:stop], mask if mask.shape[0] == 1 else mask[start:stop]
+
+
+def sample_in_batches(draw, n: int, batch_size: int | None, y=None, output_type: str = "tensor"):
+    """(images, NFE) of `draw(count, y_batch) -> (images, nfe)` over batches of `batch_size` (None: one batch), as
+    `output_type`; the NFE is the largest batch's (adaptive solvers differ between batches)."""
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+    size = batch_size or n
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
+    images, nfe = [], 0
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        batch, calls = draw(stop - start, condition_slice(y, start, stop))
+        images.append(batch)
+        nfe = max(nfe, calls)
+    return as_output(torch.cat(images), output_type), nfe
+
+
 @dataclass
 class LossOptions:
     """What one training step passes to `model.losses` besides the batch."""
@@ -165,7 +213,7 @@ class ScoreModel(nn.Module):
         """Data to the score model's space (identity here; a latent model's posterior sample or mean)."""
         return x
 
-    def decode(self, z: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, mean: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """The score model's space to data: here the tensor itself, clamped to [−1, 1] for discrete data."""
         return z if self.levels is None else z.clamp(-1, 1)
 
@@ -197,16 +245,25 @@ class ScoreModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ode", temperature: float = 1.0, generator: torch.Generator | None = None,
-               mean: bool = False, y=None, guidance: float = 1.0, **options) -> tuple[torch.Tensor, int]:
-        """n samples on the data's grid in [−1, 1] and the sampler's NFE.
+               mean: bool = False, y=None, guidance: float = 1.0, batch_size: int | None = None,
+               output_type: str = "tensor", **options):
+        """n samples on the data's grid and the sampler's NFE (of the largest batch).
 
         z_1 ~ N(0, temperature²·I) of the score model's shape, integrated to t ≈ 0 by `sampler` (any name of
-        `sde.sampling.SAMPLERS`, with its options; ddpm/ddim run on the model's chain of `sample_steps`), then
-        decoded (`decode`, its mean with `mean=True`). `y` conditions a conditional model (class labels (n,), or
-        (images, mask) for a mask condition) with guidance `guidance`.
+        `sde.sampling.SAMPLERS`, with its options, e.g. steps=20; ddpm/ddim run on the model's chain of
+        `sample_steps`), then decoded (`decode`, its mean with `mean=True`). `y` conditions a conditional model
+        (class labels (n,), or (images, mask) for a mask condition) with guidance `guidance`. Every random draw
+        (z_1, the sampler's noise, the decoder's) comes from `generator`, so a seeded generator alone reproduces
+        the samples bit for bit at a given `batch_size` (None: one batch). `output_type`: "tensor" in [−1, 1],
+        "unit" in [0, 1], "numpy" uint8 (n, H, W, C), "pil" a list of images.
         """
         reference = next(self.parameters())
-        z_T = temperature * self.sde.prior_sample((n, *self.latent_shape), generator=generator,
-                                                  device=reference.device, dtype=reference.dtype)
-        z, nfe = sampling.sample(self.eps_fn(y, guidance), self.sde, z_T, sampler, T=self.sample_steps, **options)
-        return self.to_data_grid(self.decode(z, mean)), nfe
+
+        def draw(count: int, y_batch):
+            z_T = temperature * self.sde.prior_sample((count, *self.latent_shape), generator=generator,
+                                                      device=reference.device, dtype=reference.dtype)
+            z, nfe = sampling.sample(self.eps_fn(y_batch, guidance), self.sde, z_T, sampler, T=self.sample_steps,
+                                     generator=generator, **options)
+            return self.to_data_grid(self.decode(z, mean, generator)), nfe
+
+        return sample_in_batches(draw, n, batch_size, y, output_type)

@@ -28,7 +28,7 @@ from sde import vlb
 from sde.likelihood import ode_log_likelihood
 
 from ..objective import denoising_terms, joint_loss
-from .base import Losses, LossOptions, ScoreModel, nats_to_bits_per_dim, ode_options
+from .base import Losses, LossOptions, ScoreModel, nats_to_bits_per_dim, ode_options, sample_in_batches
 
 INACTIVE_LOGIT = -15.0  # LSGM's mixing logit of an inactive channel: α ≈ 3e-7, the N(0, I) base alone
 INACTIVE_KL = 0.1  # nats: a latent channel whose mean KL stays below this is inactive (LSGM's threshold)
@@ -176,10 +176,10 @@ class LSGM(ScoreModel):
         """p(x | z) for the score model's latents z (every group's ε, packed): a deterministic function of z."""
         return self.vae.decode(self.vae.unpack(z), space="eps")
 
-    def decode(self, z: torch.Tensor, mean: bool = False) -> torch.Tensor:
-        """Images x ~ p(x | z) (or its mean) of `decoder`."""
+    def decode(self, z: torch.Tensor, mean: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images x ~ p(x | z) (drawn from `generator`), or its mean, of `decoder`."""
         dist = self.decoder(z)
-        return dist.mean() if mean else dist.sample()
+        return dist.mean() if mean else dist.sample(generator)
 
     def encode(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
         """A posterior sample (mean: the chain of posterior means) of the latents as the score model sees them
@@ -204,12 +204,16 @@ class LSGM(ScoreModel):
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ode", temperature: float = 1.0, generator: torch.Generator | None = None,
-               mean: bool = False, y=None, guidance: float = 1.0, prior: str = "sgm",
-               **options) -> tuple[torch.Tensor, int]:
+               mean: bool = False, y=None, guidance: float = 1.0, batch_size: int | None = None,
+               output_type: str = "tensor", prior: str = "sgm", **options):
         """`ScoreModel.sample` through the score prior (every latent group from the score model), or with
         `prior="vae"` from the VAE's own hierarchical prior (no score-network evaluations: NFE 0)."""
         if prior == "vae":
-            return self.to_data_grid(self.vae.sample(n, temperature, mean)), 0
+            def draw(count: int, y_batch):
+                return self.to_data_grid(self.vae.sample(count, temperature, mean, generator)), 0
+
+            return sample_in_batches(draw, n, batch_size, None, output_type)
         if prior != "sgm":
             raise ValueError(f"prior must be 'sgm' (the score model) or 'vae' (the VAE's own); got {prior!r}")
-        return super().sample(n, sampler, temperature, generator, mean, y, guidance, **options)
+        return super().sample(n, sampler, temperature, generator, mean, y, guidance, batch_size, output_type,
+                              **options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Losses, LossOptions, data_grid
+from .base import Losses, LossOptions, data_grid, sample_in_batches
 from .latent import vae_stage
 
 
@@ -47,10 +47,15 @@ class VAEAlone(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, mean: bool = False, y=None,
-               **unused) -> tuple[torch.Tensor, int]:
-        """n ancestral samples of the VAE's prior on the data's grid, NFE 0. A VAE has no sampler: the sampler's
-        arguments (`sampler`, `generator`, its options) are accepted, so that every kind samples through one call,
-        and unused."""
+               generator: torch.Generator | None = None, batch_size: int | None = None,
+               output_type: str = "tensor", **unused):
+        """n ancestral samples of the VAE's prior on the data's grid, NFE 0, every draw from `generator`, in
+        batches and as `output_type` (see `ScoreModel.sample`). A VAE has no sampler: the sampler's name and options
+        are accepted, so that every kind samples through one call, and unused."""
         if y is not None:
             raise ValueError("a VAE alone is unconditional: it cannot sample given y")
-        return self.to_data_grid(self.vae.sample(n, temperature, mean)), 0
+
+        def draw(count: int, y_batch):
+            return self.to_data_grid(self.vae.sample(count, temperature, mean, generator)), 0
+
+        return sample_in_batches(draw, n, batch_size, None, output_type)
