@@ -13,13 +13,14 @@ from lsgm.data import to_levels
 
 
 def image_grid(
-    images: torch.Tensor, nrow: int | None = None, padding: int = 1, scale: int = 1, pad_value: float = 1.0
+    images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1, pad_value: float = 0.0
 ) -> np.ndarray:
     """Tile images (B, C, H, W) in [-1, 1], C in {1, 3}, into one uint8 array (rows, columns, C).
 
     Each image is upscaled ``scale`` times (nearest neighbour), placed row by row with ``nrow``
-    images per row (default ceil(sqrt(B))), ``padding`` pixels of ``pad_value`` (in [-1, 1]; 1 is
-    white) between images and around the border. Pixel k = round((x + 1) * 255 / 2).
+    images per row (default ceil(sqrt(B))), ``padding`` pixels of ``pad_value`` (in [-1, 1]; the default 0 is
+    mid grey, which stays visible against both black and white digits touching their tile's edge) between images
+    and around the border. Pixel k = round((x + 1) * 255 / 2).
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
         raise ValueError(f"expected images (B, C, H, W) with B > 0 and C in {{1, 3}}, "
@@ -43,9 +44,9 @@ def save_image_grid(
     images: torch.Tensor,
     path: str | Path,
     nrow: int | None = None,
-    padding: int = 1,
+    padding: int = 2,
     scale: int = 1,
-    pad_value: float = 1.0,
+    pad_value: float = 0.0,
 ) -> Path:
     """Write :func:`image_grid` of ``images`` as a PNG (grayscale for C = 1, RGB for C = 3) at
     ``path``, creating its folder; returns the path."""

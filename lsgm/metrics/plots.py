@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from lsgm.images import save_image_grid, upscale_factor
 from sde.vlb import RateDistortion
 
 DPI = 100
+CELL_PIXELS = 80  # a progressive grid's tile
+LABEL_PIXELS = 24  # and its column labels' strip
 
 
 def new_figure(width: int, height: int) -> Figure:
@@ -61,13 +62,30 @@ def plot_rate_distortion(table: RateDistortion, path: str | Path, width: int = 1
     return save_figure(figure, path)
 
 
-def save_progressive_grid(predictions: Sequence[torch.Tensor], path: str | Path, scale: int | None = None) -> Path:
-    """Progressive decompression: predictions[j] is x̂_0 (B, C, H, W) in [−1, 1] at the j-th chosen step;
-    row b of the PNG shows sample b, column j step j (in the order given). Upscaled to ~64 px per image."""
+def save_progressive_grid(predictions: Sequence[torch.Tensor], path: str | Path,
+                          labels: Sequence[str] | None = None, cell: int = CELL_PIXELS) -> Path:
+    """Progressive decompression: predictions[j] is x̂_0 (B, C, H, W) in [−1, 1] at the j-th column, in coding
+    order (the receiver's: t = T first, the original last); row b shows sample b. `labels` head the columns
+    (e.g. "t = 1000", …, "original"). A PNG of cell × columns by cell × rows + LABEL_PIXELS pixels, each image
+    drawn nearest-neighbour on a grey ground so that tiles stay apart."""
     if not predictions:
         raise ValueError("expected at least one tensor of predictions")
-    stacked = torch.stack(list(predictions), 1)  # (B, steps, C, H, W)
-    count, columns = stacked.shape[:2]
-    height, width = stacked.shape[-2:]
-    scale = upscale_factor(height, width) if scale is None else scale
-    return save_image_grid(stacked.reshape(count * columns, *stacked.shape[2:]), path, nrow=columns, scale=scale)
+    if labels is not None and len(labels) != len(predictions):
+        raise ValueError(f"{len(labels)} labels for {len(predictions)} columns")
+    stacked = torch.stack([p.detach().float().cpu() for p in predictions], 1)  # (B, columns, C, H, W)
+    rows, columns = stacked.shape[:2]
+    figure = new_figure(cell * columns, cell * rows + LABEL_PIXELS)
+    figure.set_layout_engine(None)
+    figure.set_facecolor("0.5")
+    top = 1 - LABEL_PIXELS / (cell * rows + LABEL_PIXELS)
+    grid = figure.add_gridspec(rows, columns, left=0, right=1, bottom=0, top=top, wspace=0.06, hspace=0.06)
+    for row in range(rows):
+        for column in range(columns):
+            axes = figure.add_subplot(grid[row, column])
+            image = ((stacked[row, column] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
+            axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                        interpolation="nearest")
+            axes.set_axis_off()
+            if row == 0 and labels is not None:
+                axes.set_title(labels[column], fontsize=9, pad=4)
+    return save_figure(figure, path)

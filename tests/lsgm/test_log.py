@@ -140,9 +140,9 @@ def test_rgb_grid_keeps_channels_and_default_layout():
     colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, 1], [0, 0, 0]])
     images = colours[:, :, None, None].expand(5, 3, 2, 2)
     grid = image_grid(images, padding=0)
-    assert grid.shape == (2 * 2, 3 * 2, 3)  # ceil(sqrt(5)) = 3 per row, 2 rows; padding cells stay white
+    assert grid.shape == (2 * 2, 3 * 2, 3)  # ceil(sqrt(5)) = 3 per row, 2 rows; the empty cell is the grey ground
     assert grid[0, 0].tolist() == [255, 0, 0] and grid[0, 2].tolist() == [0, 255, 0]
-    assert grid[2, 2].tolist() == [128, 128, 128] and grid[3, 5].tolist() == [255, 255, 255]
+    assert grid[2, 2].tolist() == [128, 128, 128] and grid[3, 5].tolist() == [128, 128, 128]
     with pytest.raises(ValueError, match="C in"):
         image_grid(torch.zeros(2, 2, 4, 4))
 
@@ -152,4 +152,5 @@ def test_tiny_images_are_upscaled_when_logged(tmp_path):
     with RunLogger(tmp_path, mode="none") as logger:
         path = logger.log_images("samples", torch.zeros(4, 1, 8, 8), step=3, nrow=4)
     with Image.open(path) as png:
-        assert png.size == (1 + 4 * (64 + 1), 1 + 64 + 1)
+        assert png.size == (2 + 4 * (64 + 2), 2 + 64 + 2)  # 2-pixel grey gutters
+        assert np.asarray(png)[0, 0] == 128

@@ -205,6 +205,10 @@ def test_rate_distortion_plot_is_a_png_of_the_stated_size(tmp_path, table):
 
 def test_progressive_grid_has_a_row_per_sample_and_a_column_per_step(tmp_path):
     predictions = [torch.rand(3, 1, 8, 8) * 2 - 1 for _ in range(5)]
-    size = png_size(save_progressive_grid(predictions, tmp_path / "progressive.png"))
-    scale, padding = 8, 1  # 8×8 images upscaled to 64 px, one pixel between them
-    assert size == (padding + 5 * (8 * scale + padding), padding + 3 * (8 * scale + padding))
+    labels = ["t = 1000", "t = 500", "t = 100", "t = 1", "original"]
+    path = save_progressive_grid(predictions, tmp_path / "progressive.png", labels, cell=80)
+    assert png_size(path) == (5 * 80, 3 * 80 + 24)  # a tile per image and step, a strip of column labels
+    with Image.open(path) as image:
+        assert abs(image.convert("L").getpixel((0, 0)) - 128) <= 1  # the grey ground between and above the tiles
+    with pytest.raises(ValueError, match="4 labels for 5 columns"):
+        save_progressive_grid(predictions, tmp_path / "bad.png", labels[:4])
