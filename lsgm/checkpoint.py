@@ -57,7 +57,7 @@ class CheckpointError(RuntimeError):
 
 
 class LegacyCheckpointWarning(UserWarning):
-    """A checkpoint of an older format, read read-only."""
+    """A checkpoint of an older format, loaded for reading only."""
 
 
 def legacy_numpy_globals() -> list:
@@ -263,7 +263,7 @@ def _legacy_state(path: Path, state: dict, legacy: bool) -> dict:
     if not legacy:
         raise CheckpointError(f"{path} is an {LEGACY_FORMAT} checkpoint (pickled numpy state, no checksum); lsgm.load "
                               f"reads it read-only, but to resume training convert it first: {convert}")
-    warnings.warn(f"{path} is an {LEGACY_FORMAT} checkpoint, read read-only (numpy arrays allowed, no checksum); "
+    warnings.warn(f"{path} is an {LEGACY_FORMAT} checkpoint, loaded for reading only (numpy arrays allowed, no checksum); "
                   f"convert it to {FORMAT} with: {convert}", LegacyCheckpointWarning, stacklevel=3)
     if state.get("rng") is not None:
         old = state["rng"]
