@@ -209,7 +209,7 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path):
 def test_a_v1_checkpoint_loads_read_only_with_a_notice_and_converts(tmp_path, trainer_state):
     v1, v2 = tmp_path / "v1.pt", tmp_path / "v2.pt"
     old_rng = write_v1(v1, trainer_state)
-    with pytest.warns(LegacyCheckpointWarning, match="is an lsgm-checkpoint-v1 checkpoint, read read-only"):
+    with pytest.warns(LegacyCheckpointWarning, match="is an lsgm-checkpoint-v1 checkpoint, loaded for reading only"):
         model = load(v1)
     assert torch.equal(model.state_dict()["score_net.conv_in.weight"],
                        trainer_state["ema"]["shadow"]["score_net.conv_in.weight"])
