@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from . import cli
 from .build import load, load_splits, plain
 from .cli import run, sampler_defaults
-from .distributed import resolve_device
-from .log import RunLogger
+from .data import SPLITS
+from .log import MODES, RunLogger
 from .metrics import plots
 from .metrics.quality import sample_quality
 from .models import ScoreModel
 from .models.base import nats_to_bits_per_dim
-from .sample import draw, write_samples
+from .sample import check_memory, check_sampler, check_sampler_options, draw, with_defaults, write_samples
 
 
 @torch.no_grad()
@@ -164,11 +165,18 @@ def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
     return {f"bound_{k}": v for k, v in summary.items()}, images
 
 
-def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
-    options = cfg.quality
+def quality_sampler(model, options) -> tuple[str, dict]:
+    """The sampler of the quality task and its options: the run's own sampler unless `quality.sampler` names one,
+    with its defaults under `quality.options`, checked against what the sampler takes."""
     sampler = options.sampler or model.config.sampler.name
     defaults = plain(model.config.sampler).get("options", {}) if options.sampler is None else sampler_defaults(sampler)
-    sampler_options = {**defaults, **(options.options or {})}
+    merged = with_defaults(sampler, options.options or {}, defaults)
+    return sampler, check_sampler_options(model, sampler, merged, "quality.options")
+
+
+def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
+    options = cfg.quality
+    sampler, sampler_options = quality_sampler(model, options)
     images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed)
     npz, png = write_samples(images, model.levels, out / "samples.npz")
     metrics = sample_quality(images, data=model.config.data.name, root=model.config.data.root,
@@ -180,12 +188,59 @@ def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
     return {f"quality_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, {"samples": png}
 
 
+def check_arguments(cfg) -> None:
+    """Every argument the model is not needed to check, before loading it."""
+    cli.path(cfg.ckpt, "ckpt")
+    for task in cli.non_empty_list(cfg.tasks, "tasks", "[nll,bound]"):
+        cli.choice(task, TASKS, "task")
+    cli.choice(cfg.split, SPLITS, "split")
+    cli.optional_positive_integer(cfg.max_images, "max_images")
+    cli.positive_integer(cfg.batch_size, "batch_size")
+    cli.seed(cfg.seed)
+    if cfg.out is not None:
+        cli.output_folder(cfg.out, "out")
+    if cfg.logger is not None:
+        cli.choice(cfg.logger, MODES, "logger")
+    for task, check in TASK_CHECKS.items():
+        if task in cfg.tasks:
+            check(cli.mapping(cfg[task], task, f"{task}.{next(iter(DEFAULTS[task]))}=..."))
+
+
+def check_nll_options(options: dict) -> None:
+    cli.positive_integer(options["k"], "nll.k")
+    cli.positive_number(options["rtol"], "nll.rtol")
+    cli.positive_number(options["atol"], "nll.atol")
+    cli.positive_integer(options["repeats"], "nll.repeats")
+
+
+def check_bound_options(options: dict) -> None:
+    cli.positive_integer(options["T"], "bound.T")
+    cli.optional_positive_integer(options["num_steps"], "bound.num_steps")
+    cli.positive_integer(options["batch_size"], "bound.batch_size")
+    for step in cli.non_empty_list(options["report_steps"], "bound.report_steps", "[1000,500,1]"):
+        cli.positive_integer(step, "a step of bound.report_steps")
+    cli.positive_integer(options["progressive_images"], "bound.progressive_images")
+
+
+def check_quality_options(options: dict) -> None:
+    cli.positive_integer(options["num_samples"], "quality.num_samples")
+    if options["sampler"] is not None:
+        check_sampler(options["sampler"], "quality.sampler")
+    if options["options"] is not None:
+        cli.mapping(options["options"], "quality.options", "quality.options.steps=20")
+    weights = options["inception_weights"]
+    if weights is not None and not cli.path(weights, "quality.inception_weights").is_file():
+        raise cli.UsageError(f"quality.inception_weights={weights} is not a file; give the local "
+                             "pt_inception-2015-12-05-6726825d.pth or leave it null")
+
+
 def main(cfg) -> dict:
-    device = resolve_device(cfg.device)
+    check_arguments(cfg)
+    device = cli.device(cfg.device)
     model = load(cfg.ckpt, device)
-    unknown = set(cfg.tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)}; valid: {list(TASKS)}")
+    if "quality" in cfg.tasks:
+        quality_sampler(model, cfg.quality)
+        check_memory(model, cfg.quality.num_samples, "quality.num_samples")
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     x = load_splits(model.config.data)[cfg.split].x
@@ -220,6 +275,7 @@ def main(cfg) -> dict:
 
 
 TASKS = ("nll", "bound", "quality")
+TASK_CHECKS = {"nll": check_nll_options, "bound": check_bound_options, "quality": check_quality_options}
 
 if __name__ == "__main__":
     run(main, DEFAULTS, "lsgm.evaluate")

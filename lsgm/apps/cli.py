@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from lsgm import cli
 from lsgm.build import load, load_splits
-from lsgm.distributed import resolve_device
 
 
 def load_model(path: str, device: str = "auto"):
-    """The checkpoint's model (EMA weights, eval mode) on `device` (auto: CUDA if available)."""
-    return load(path, resolve_device(device))
+    """The checkpoint's model (EMA weights, eval mode) on `device` (auto: CUDA if available), checked first."""
+    return load(path, cli.device(device))
 
 
 def dataset_images(model, split: str) -> torch.Tensor:

@@ -28,13 +28,16 @@ from pathlib import Path
 
 import torch
 
+from lsgm import cli as lsgm_cli
+from lsgm.cli import UsageError
 from lsgm.cli import run as run_command
+from lsgm.data import SPLITS
 from lsgm.images import save_image_grid, upscale_factor
 from sde.sampling import CountedModel
 
 from . import cli
 from .chain import Chain, forward_step, model_chain, reverse_step, seeded
-from .masks import MASK_TYPES, make_masks
+from .masks import MASK_TYPES, check_mask, make_masks
 
 CONSISTENCY_LEARNING_RATE = 0.05
 LATENT_THRESHOLD = 0.5
@@ -185,8 +188,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_command(run, DEFAULTS, "lsgm.apps.inpaint", argv)
 
 
+def check_arguments(cfg) -> None:
+    """Every argument the model is not needed to check, before loading it."""
+    lsgm_cli.path(cfg.ckpt, "ckpt")
+    for kind in lsgm_cli.non_empty_list(cfg.masks, "masks", "[half,wide]"):
+        check_mask(kind)
+    lsgm_cli.positive_integer(cfg.num_images, "num_images")
+    if not lsgm_cli.is_integer(cfg.t_T) or cfg.t_T < 2:
+        raise UsageError(f"t_T must be an integer ≥ 2 (the steps of the respaced chain), got {cfg.t_T!r}")
+    lsgm_cli.positive_integer(cfg.jump_length, "jump_length")
+    lsgm_cli.positive_integer(cfg.jump_n_sample, "jump_n_sample")
+    lsgm_cli.seed(cfg.seed)
+    lsgm_cli.choice(cfg.split, SPLITS, "split")
+    lsgm_cli.fraction(cfg.latent_threshold, "latent_threshold")
+    lsgm_cli.non_negative_integer(cfg.consistency_steps, "consistency_steps")
+    for path in (lsgm_cli.output_file(cfg.out, "out", (".png",)), Path(cfg.out).with_suffix(".csv")):
+        lsgm_cli.writable(path, "out")
+
+
 def run(cfg) -> list[dict]:
     """Inpaint, measure and write the grid and the CSV for parsed arguments."""
+    check_arguments(cfg)
     model = cli.load_model(cfg.ckpt, cfg.device)
     images = cli.dataset_images(model, cfg.split)[: cfg.num_images]
     train_mean = cli.dataset_images(model, "train").mean(0, keepdim=True)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import torch
 
+from lsgm import cli as lsgm_cli
+from lsgm.cli import UsageError
 from lsgm.cli import run as run_command
+from lsgm.data import SPLITS
 from lsgm.images import save_image_grid, upscale_factor
 from sde.likelihood import ode_decode, ode_encode
 from sde.sampling import CountedModel
@@ -120,18 +123,45 @@ DEFAULTS = {
 
 
 def choose_pairs(images: torch.Tensor, pairs, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, x1): `pairs` pairs drawn without repetition with the seed, or the given index pairs [[i, j], …]."""
+    """(x0, x1): `pairs` pairs drawn without repetition with the seed, or the given index pairs [[i, j], …]
+    (checked by `check_pairs`)."""
     if isinstance(pairs, int):
-        if not 1 <= 2 * pairs <= len(images):
-            raise SystemExit(f"pairs must lie in 1..{len(images) // 2} for this split, got {pairs}")
+        if 2 * pairs > len(images):
+            raise UsageError(f"pairs must lie in 1..{len(images) // 2} for this split, got {pairs}")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
         first, second = order[0::2], order[1::2]
     else:
-        index = torch.as_tensor([list(pair) for pair in pairs])
-        if index.dim() != 2 or index.shape[1] != 2 or bool((index < 0).any() | (index >= len(images)).any()):
-            raise SystemExit(f"pairs must be a count or index pairs [[i,j],...] in 0..{len(images) - 1}")
+        index = torch.as_tensor(pairs)
+        if bool((index >= len(images)).any()):
+            raise UsageError(f"pairs must index images 0..{len(images) - 1} of this split, got {pairs}")
         first, second = index[:, 0], index[:, 1]
     return images[first.to(images.device)], images[second.to(images.device)]
+
+
+def check_pairs(pairs) -> int | list[list[int]]:
+    """`pairs` as a positive count or a non-empty list of index pairs [[i, j], …] of non-negative integers."""
+    if lsgm_cli.is_integer(pairs):
+        return lsgm_cli.positive_integer(pairs, "pairs")
+    fix = f"pairs must be a count or index pairs such as pairs=[[0,1],[2,3]], got {lsgm_cli.plain(pairs)!r}"
+    index_pairs = [lsgm_cli.plain(pair) for pair in lsgm_cli.non_empty_list(pairs, "pairs", "[[0,1],[2,3]]")]
+    for pair in index_pairs:
+        if not isinstance(pair, list) or len(pair) != 2 or not all(lsgm_cli.is_integer(i) and i >= 0 for i in pair):
+            raise UsageError(fix)
+    return index_pairs
+
+
+def check_arguments(cfg) -> None:
+    """Every argument the model is not needed to check, before loading it."""
+    lsgm_cli.path(cfg.ckpt, "ckpt")
+    lsgm_cli.choice(cfg.method, METHODS, "method")
+    for fraction in lsgm_cli.non_empty_list(cfg.t_fractions, "t_fractions", "[0,0.5,1]"):
+        lsgm_cli.fraction(fraction, "a t_fraction")
+    for weight in lsgm_cli.non_empty_list(cfg.lambdas, "lambdas", "[0,0.5,1]"):
+        lsgm_cli.finite_number(weight, "a λ of lambdas")
+    check_pairs(cfg.pairs)
+    lsgm_cli.seed(cfg.seed)
+    lsgm_cli.choice(cfg.split, SPLITS, "split")
+    lsgm_cli.output_file(cfg.out, "out", (".png",))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -141,11 +171,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 def run(cfg) -> Path:
     """Interpolate and write the grid for parsed arguments."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+    check_arguments(cfg)
     model = cli.load_model(cfg.ckpt, cfg.device)
-    pairs = cfg.pairs if isinstance(cfg.pairs, int) else [list(pair) for pair in cfg.pairs]
-    x0, x1 = choose_pairs(cli.dataset_images(model, cfg.split), pairs, cfg.seed)
+    x0, x1 = choose_pairs(cli.dataset_images(model, cfg.split), check_pairs(cfg.pairs), cfg.seed)
     lambdas = list(cfg.lambdas)
     if cfg.method == "ode":
         rows = [interpolate_ode(model, x0, x1, lambdas)]

@@ -17,6 +17,7 @@ The random ones draw from a generator seeded by `seed` (the same seed, the same 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -30,10 +31,9 @@ MASK_TYPES = ("wide", "narrow", "half", "lines", "every_second", "expand")
 def make_masks(kind: str, n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """n masks (n, 1, H, W) of a type of MASK_TYPES, or of the user mask at a `.png` path."""
     height, width = size
+    check_mask(kind)
     if kind.lower().endswith(".png"):
         return load_mask(kind, size).expand(n, 1, height, width).clone()
-    if kind not in MASK_TYPES:
-        raise ValueError(f"unknown mask {kind!r}; valid: {', '.join(MASK_TYPES)}, or a path to a .png mask")
     if kind in ("wide", "narrow"):
         generator = torch.Generator().manual_seed(seed)
         return torch.stack([random_mask(kind, size, generator) for _ in range(n)])
@@ -49,6 +49,15 @@ def make_masks(kind: str, n: int, size: tuple[int, int], seed: int = 0) -> torch
         border = max(1, min(height, width) // 4)
         known = (rows >= border) & (rows < height - border) & (columns >= border) & (columns < width - border)
     return known.float().expand(n, 1, height, width).clone()
+
+
+def check_mask(kind) -> None:
+    """A ValueError unless `kind` is one of MASK_TYPES or the path of a readable .png image."""
+    if not isinstance(kind, str) or not (kind in MASK_TYPES or kind.lower().endswith(".png")):
+        raise ValueError(f"unknown mask {kind!r}; valid: {', '.join(MASK_TYPES)}, or a path to a .png mask")
+    if kind.lower().endswith(".png"):
+        with open_mask(kind) as image:
+            image.verify()
 
 
 def random_mask(kind: str, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -88,12 +97,23 @@ def thick_segment(start: torch.Tensor, end: torch.Tensor, width: float, size: tu
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """A user mask (1, 1, H, W) from an image file: white (≥ 128 in grayscale) known, resized (nearest) to size."""
+    with open_mask(path) as image:
+        gray = image.convert("L").resize((size[1], size[0]), Image.NEAREST)
+    return torch.from_numpy((np.asarray(gray) >= 128).astype(np.float32)).reshape(1, 1, *size)
+
+
+@contextlib.contextmanager
+def open_mask(path: str | Path):
+    """The image at `path`, opened; a missing or unreadable file raises one error naming the fix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file {path} not found; give a PNG whose white pixels mark the known region")
-    with Image.open(path) as image:
-        gray = image.convert("L").resize((size[1], size[0]), Image.NEAREST)
-    return torch.from_numpy((np.asarray(gray) >= 128).astype(np.float32)).reshape(1, 1, *size)
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"mask file {path} is not a readable image ({type(error).__name__}: {error}); give a PNG "
+                         "whose white pixels mark the known region") from None
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> float:

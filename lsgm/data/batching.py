@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import checks
 from .datasets import ImageDataset
 from .errors import DataError
 
@@ -42,6 +43,7 @@ def epoch_indices(
     on every rank; it is cut to a multiple of ``world_size`` (drop_last) or wrapped round to one, so
     every rank gets the same count, and rank r takes positions r, r + world_size, ...
     """
+    checks.integer_in(world_size, "world_size", 1)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     if shuffle:
@@ -67,6 +69,7 @@ def batches(
 ) -> Iterator[Batch]:
     """One epoch of batches of this rank's share (see :func:`epoch_indices`), sliced from the
     in-memory tensors on their device; ``drop_last`` also drops the last incomplete batch."""
+    checks.integer_in(batch_size, "batch_size", 1)
     order = epoch_indices(len(dataset), epoch, seed, shuffle, rank, world_size, drop_last)
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for start in range(0, stop, batch_size):
@@ -86,6 +89,8 @@ class BatchStream:
     def __init__(
         self, dataset: ImageDataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
     ):
+        checks.integer_in(batch_size, "batch_size", 1)
+        checks.integer_in(world_size, "world_size", 1)
         if len(dataset) // world_size < batch_size:
             raise DataError(f"{dataset.name}: {len(dataset)} examples over {world_size} rank(s) give no full "
                             f"batch of {batch_size}; lower the batch size")

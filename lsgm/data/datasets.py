@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from . import checks
 from .errors import DataError
 from .formats import PixelArrays, read_cifar10, read_digits, read_folder, read_mnist, read_npz
 from .levels import to_unit_range
@@ -78,10 +80,11 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    if name not in READERS:
+    if not isinstance(name, str) or name not in READERS:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(READERS)}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise DataError(f"{name}: root must be a path, got {root!r}")
+    checks.fraction(val_fraction, "val_fraction", upper_open=True)
     partition = "test" if split == "test" else "train"
     arrays = _call_with_options(READERS[name], name, Path(root) if root is not None else None, partition, **options)
     rows = _split_rows(len(arrays.pixels), split, val_fraction)

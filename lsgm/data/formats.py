@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import checks
 from .errors import DataError
 
 PARTITIONS = ("train", "test")
@@ -145,6 +146,9 @@ def read_mnist(
     """
     if binarize not in BINARIZE_MODES:
         raise DataError(f"MNIST: unknown binarize={binarize!r}; expected one of {BINARIZE_MODES}")
+    checks.fraction(threshold, "MNIST: threshold")
+    checks.integer_in(seed, "MNIST: seed", 0)
+    checks.boolean(pad_to_32, "MNIST: pad_to_32")
     images_name, labels_name = MNIST_FILES[partition]
     images = _read_mnist_file(root, images_name, num_dims=3)
     labels = _read_mnist_file(root, labels_name, num_dims=1)
@@ -228,6 +232,7 @@ def _read_cifar_batch(root: Path | None, name: str) -> tuple[np.ndarray, np.ndar
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOLDER_BYTES_PER_PIXEL = 6  # the uint8 images, their stack, and the float32 dataset made of them
 FOLDER_LAYOUT = "image files (*.png, *.jpg, *.jpeg) directly, or in one subfolder per class"
 
 
@@ -245,9 +250,15 @@ def read_folder(
     images to share one size. ``channels``: 3 (RGB) or 1 (grayscale). The partition is fixed:
     test = round(test_fraction * n) files, drawn by _fixed_partition over the sorted file list.
     """
-    if channels not in (1, 3):
-        raise DataError(f"folder: channels must be 1 or 3, got {channels}")
+    if not checks.is_integer(channels) or channels not in (1, 3):
+        raise DataError(f"folder: channels must be 1 or 3, got {channels!r}")
+    if size is not None:
+        checks.integer_in(size, "folder: size (the side images are resized to)", 1)
+    checks.fraction(test_fraction, "folder: test_fraction", upper_open=True)
     files, labels = _list_images(root)
+    if size is not None:
+        checks.check_memory(len(files) * channels * size**2 * FOLDER_BYTES_PER_PIXEL, f"folder: size={size}",
+                            "lower size")
     rows = _fixed_partition(len(files), round(test_fraction * len(files)), partition)
     images = [_read_image(files[row], size, channels) for row in rows]
     if len({image.shape for image in images}) > 1:
@@ -283,8 +294,8 @@ def _read_image(path: Path, size: int | None, channels: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = image.convert("RGB" if channels == 3 else "L")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the image ({error})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from None
     if size is not None:
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
     pixels = np.asarray(image, dtype=np.uint8)
@@ -305,6 +316,9 @@ def read_npz(
     """Images from ``root``, a .npz file (see NPZ_LAYOUT). ``levels`` comes from the file's
     'levels' entry or this option (they must agree when both are given). The partition is fixed:
     test = round(test_fraction * n) images, drawn by _fixed_partition."""
+    if levels is not None:
+        checks.levels(levels, "npz: levels")
+    checks.fraction(test_fraction, "npz: test_fraction", upper_open=True)
     arrays = _npz_arrays(root)
     others = [key for key in arrays if key not in ("levels", "y", "labels")]
     image_key = next((key for key in ("x", "images") if key in arrays), others[0] if others else None)
@@ -327,16 +341,22 @@ def _npz_arrays(path: Path | None) -> dict[str, np.ndarray]:
         raise DataError(f"npz: expected {NPZ_LAYOUT}; {path} is not a file")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except Exception as error:  # zipfile, format and pickle errors alike mean a malformed file
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as error:  # zipfile, format, pickle and memory errors alike mean a malformed file
         raise DataError(f"npz: cannot read {path} ({type(error).__name__}: {error}); "
                         f"expected {NPZ_LAYOUT}") from None
+    if not all(isinstance(array, np.ndarray) for array in arrays.values()):
+        raise DataError(f"npz: {path} is not a .npz of arrays (e.g. a torch .pt file or another zip); "
+                        f"expected {NPZ_LAYOUT}")
+    return arrays
 
 
 def _npz_images(array: np.ndarray, path: Path) -> np.ndarray:
     """An integer image array in (N, C, H, W) order: (N, H, W) gains C = 1, (N, H, W, C) is transposed."""
     if not np.issubdtype(array.dtype, np.integer):
         raise DataError(f"npz: the images in {path} have dtype {array.dtype}; expected {NPZ_LAYOUT}")
+    if array.ndim in (3, 4) and 0 in array.shape:
+        raise DataError(f"npz: the images in {path} have shape {array.shape}, with no pixels; expected {NPZ_LAYOUT}")
     if array.ndim == 3:
         return array[:, None]
     if array.ndim == 4 and array.shape[1] in (1, 3):
@@ -349,15 +369,15 @@ def _npz_images(array: np.ndarray, path: Path) -> np.ndarray:
 def _npz_levels(stored: np.ndarray | None, given: int | None, path: Path) -> int:
     """The number of levels from the file or the option; they must agree and one must be present."""
     if stored is not None and (stored.size != 1 or not np.issubdtype(stored.dtype, np.integer)):
-        raise DataError(f"npz: 'levels' in {path} must be one integer, got {stored!r}")
-    stored_levels = None if stored is None else int(stored)
+        raise DataError(f"npz: 'levels' in {path} must be one integer, got {stored.dtype} of shape {stored.shape}")
+    stored_levels = None if stored is None else int(stored.item())
     if stored_levels is not None and given is not None and stored_levels != given:
         raise DataError(f"npz: {path} stores levels={stored_levels} but levels={given} was given")
     levels = stored_levels if stored_levels is not None else given
-    if levels is None or levels < 2:
-        raise DataError(f"npz: the number of levels of {path} is unknown or < 2; store 'levels' in the file "
+    if levels is None:
+        raise DataError(f"npz: the number of levels of {path} is unknown; store 'levels' in the file "
                         "or pass levels=<int>")
-    return levels
+    return checks.levels(levels, f"npz: levels of {path}")
 
 
 def _npz_labels(arrays: dict[str, np.ndarray], num_images: int, path: Path) -> np.ndarray | None:
@@ -366,7 +386,10 @@ def _npz_labels(arrays: dict[str, np.ndarray], num_images: int, path: Path) -> n
     if key is None:
         return None
     labels = arrays[key]
-    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (num_images,) or (labels < 0).any():
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (num_images,):
         raise DataError(f"npz: '{key}' in {path} must hold {num_images} non-negative integers, "
                         f"got {labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= checks.MAX_CLASSES):
+        raise DataError(f"npz: '{key}' in {path} must hold integers in 0..{checks.MAX_CLASSES - 1} (class indices), "
+                        f"got values in {labels.min()}..{labels.max()}")
     return labels.astype(np.int64)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from lsgm.data import ImageDataset, load_dataset
+from lsgm import cli
+from lsgm.data import READERS, ImageDataset, load_dataset
 
 from .digits_classifier import DigitsFeatures, DigitsNet, check_digit_images, load_digits_classifier
 from .features import FeatureExtractor, statistics_of
@@ -109,8 +110,12 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:.6g}" for name, value in results.items())
 
 
+PROGRAM = "lsgm.metrics.quality"
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Sample quality of a .npz of integer samples.")
+    """The command (module docstring); exit status as `lsgm.cli`'s (0 done, 2 bad input, 4 interrupted)."""
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Sample quality of a .npz of integer samples.")
     parser.add_argument("samples", type=Path, help=".npz with integer images (N, C, H, W) in 0..levels-1")
     parser.add_argument("--data", default="digits", help="reference dataset (its test split)")
     parser.add_argument("--root", default=None, help="the reference dataset's files, if it needs any")
@@ -118,8 +123,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     arguments = parser.parse_args(argv)
+    with cli.reporting_errors(PROGRAM):
+        run(arguments)
+
+
+def check_arguments(arguments: argparse.Namespace) -> None:
+    """The command's arguments, before any work (a one-line error naming the fix)."""
+    if not arguments.samples.is_file():
+        raise cli.UsageError(f"{arguments.samples} is not a file; give the .npz that python -m lsgm.sample wrote")
+    cli.choice(arguments.data, tuple(READERS), "--data")
+    if arguments.inception_weights is not None and not Path(arguments.inception_weights).is_file():
+        raise cli.UsageError(f"--inception-weights {arguments.inception_weights} is not a file; give the local "
+                             "pt_inception-2015-12-05-6726825d.pth or leave it out")
+    if arguments.json is not None:
+        cli.writable(arguments.json, "--json")
+
+
+def run(arguments: argparse.Namespace) -> None:
+    """Measure and print (and write, with --json) the quality of the samples for parsed arguments."""
+    check_arguments(arguments)
+    device = cli.device(arguments.device, "--device")
     results = npz_sample_quality(arguments.samples, arguments.data, arguments.root,
-                                 inception_weights=arguments.inception_weights, device=arguments.device)
+                                 inception_weights=arguments.inception_weights, device=device)
     print(format_table(results))
     if arguments.data == "digits":
         print(f"(class diversity is at most log 10 = {math.log(10):.3f} nats)")

@@ -49,12 +49,12 @@ def test_command_errors_are_one_line(tiny_checkpoint, tmp_path):
         parse_arguments({"ckpt": "???"}, [])
     result = subprocess.run([sys.executable, "-m", "lsgm.sample", f"ckpt={tmp_path / 'nope.pt'}"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input (lsgm.cli.BAD_INPUT)
     assert result.stderr.strip().startswith("lsgm.sample: error: no checkpoint at")
     assert "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "lsgm.sample", f"ckpt={tiny_checkpoint}", "sampler=euler_a"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "valid" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "valid" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path):
