@@ -25,11 +25,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from lsgm.checkpoint import CheckpointError
+from lsgm.cli import BAD_INPUT, DIVERGED, INTERRUPTED
 from lsgm.guard import TrainingDiverged
 from lsgm.run_lock import RunFolderBusy
 from lsgm.train import Trainer
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_BUSY = 2, 3, 4, 5
+BUSY = 5  # the commands' other exit codes are lsgm.cli's
 
 
 def fail(code: int, message: str) -> None:
@@ -49,16 +50,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         trainer = Trainer(cfg, run_dir)
     except RunFolderBusy as error:
-        fail(EXIT_BUSY, str(error))
+        fail(BUSY, str(error))
     except (ValueError, CheckpointError) as error:
-        fail(EXIT_BAD_INPUT, str(error))
+        fail(BAD_INPUT, str(error))
     try:
         trainer.fit()
         if trainer.stop_requested:
-            fail(EXIT_INTERRUPTED, f"interrupted at step {trainer.progress.step}; run the same command to resume")
+            fail(INTERRUPTED, f"interrupted at step {trainer.progress.step}; run the same command to resume")
         summary = trainer.final_evaluation()
     except TrainingDiverged as error:
-        fail(EXIT_DIVERGED, str(error))
+        fail(DIVERGED, str(error))
     finally:
         trainer.close()
     if summary:

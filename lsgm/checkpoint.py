@@ -263,8 +263,8 @@ def _legacy_state(path: Path, state: dict, legacy: bool) -> dict:
     if not legacy:
         raise CheckpointError(f"{path} is an {LEGACY_FORMAT} checkpoint (pickled numpy state, no checksum); lsgm.load "
                               f"reads it read-only, but to resume training convert it first: {convert}")
-    warnings.warn(f"{path} is an {LEGACY_FORMAT} checkpoint, loaded for reading only (numpy arrays allowed, no checksum); "
-                  f"convert it to {FORMAT} with: {convert}", LegacyCheckpointWarning, stacklevel=3)
+    warnings.warn(f"{path} is an {LEGACY_FORMAT} checkpoint, loaded for reading only (numpy arrays allowed, no "
+                  f"checksum); convert it to {FORMAT} with: {convert}", LegacyCheckpointWarning, stacklevel=3)
     if state.get("rng") is not None:
         old = state["rng"]
         state["rng"] = {**old, "numpy": encode_numpy_state(old["numpy"]),

@@ -158,9 +158,10 @@ def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
     images = {"bound_terms": plots.plot_bound_terms(table, out / "bound_terms.png"),
               "rate_distortion": plots.plot_rate_distortion(table, out / "rate_distortion.png")}
     shown = x[: options.progressive_images]
-    steps = [s for s in options.report_steps if s <= table.T]
+    steps = sorted({s for s in options.report_steps if s <= table.T}, reverse=True)  # coding order: t = T first
     predictions = progressive_predictions(model, shown, steps, options.T, generator)
-    images["progressive"] = plots.save_progressive_grid([shown, *predictions][::-1], out / "progressive.png")
+    labels = [f"t = {step}" for step in steps] + ["original"]
+    images["progressive"] = plots.save_progressive_grid([*predictions, shown], out / "progressive.png", labels)
     (out / "bound.json").write_text(json.dumps(summary, indent=2))
     return {f"bound_{k}": v for k, v in summary.items()}, images
 

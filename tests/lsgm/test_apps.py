@@ -299,7 +299,7 @@ def test_inpaint_command_writes_a_grid_and_rmse_table(checkpoint, tmp_path):
     out = tmp_path / "inpaint.png"
     rows = main([f"ckpt={checkpoint}", "masks=[half,every_second]", "num_images=3", "t_T=4", "jump_length=2",
                  "jump_n_sample=2", "consistency_steps=2", f"out={out}"])
-    assert png_size(out) == (1 + 3 * 65, 1 + 6 * 65)  # 8×8 digits shown 8× with 1-pixel gaps: 3 images × 6 rows
+    assert png_size(out) == (2 + 3 * 66, 2 + 6 * 66)  # 8×8 digits shown 8× with 2-pixel gaps: 3 images × 6 rows
     with out.with_suffix(".csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [row["mask"] for row in table] == ["half", "every_second"]
@@ -312,7 +312,7 @@ def test_interpolate_command_writes_a_grid(checkpoint, tmp_path):
 
     out = tmp_path / "interp.png"
     main([f"ckpt={checkpoint}", "t_fractions=[0,0.002,0.004]", "lambdas=[0,0.5,1]", "pairs=[[0,1]]", f"out={out}"])
-    assert png_size(out) == (1 + 5 * 65, 1 + 3 * 65)  # columns x0, 3 λ's, x1; rows t = 0, 2, 4
+    assert png_size(out) == (2 + 5 * 66, 2 + 3 * 66)  # columns x0, 3 λ's, x1; rows t = 0, 2, 4
 
 
 def test_commands_reject_bad_arguments_with_one_message(checkpoint, tmp_path):

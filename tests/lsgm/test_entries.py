@@ -81,7 +81,8 @@ def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path):
     assert Image.open(tmp_path / "bound_terms.png").size == (800, 500)
     assert Image.open(tmp_path / "rate_distortion.png").size == (1200, 400)
     # progressive grid: 3 images (rows) × (the original + 5 steps) (columns), 8x8 images upscaled 8x, 1 px padding
-    assert Image.open(tmp_path / "progressive.png").size == (1 + 6 * (64 + 1), 1 + 3 * (64 + 1))
+    # 3 images (rows) × 5 steps in coding order and the original (columns), a tile each and a strip of labels
+    assert Image.open(tmp_path / "progressive.png").size == (6 * 80, 3 * 80 + 24)
     quality = json.loads((tmp_path / "quality.json").read_text())
     assert quality["num_samples"] == 32 and quality["digits_fd"] > 0
     assert summary["nll_bits_per_dim"] == nll["nll_bits_per_dim"]
