@@ -107,7 +107,11 @@ def ode_grid(method: str, steps: int | None, t_eps: float, T: float = 1.0) -> to
     check_choice(method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS, "ODE method")
     if (method in ADAPTIVE_ODE_METHODS) == (steps is not None):
         raise ValueError(f"give `steps` for the fixed-step methods {FIXED_ODE_METHODS} and only for them")
-    return uniform_grid(steps or 1, t_eps, T)
+    if steps is None:
+        return uniform_grid(1, t_eps, T)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return uniform_grid(steps, t_eps, T)
 
 
 def solve_ode(func, state, times: torch.Tensor, model: CountedModel, method: str = "dopri5", rtol: float = 1e-5,
@@ -123,6 +127,9 @@ def solve_ode(func, state, times: torch.Tensor, model: CountedModel, method: str
     """
     check_choice(method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS, "ODE method")
     adaptive = method in ADAPTIVE_ODE_METHODS
+    for name, tolerance in (("rtol", rtol), ("atol", atol)):
+        if adaptive and not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"{name} must be a positive number, got {tolerance!r}")
     t_start, t_end = float(times[0]), float(times[-1])
     if adaptive:
         if len(times) != 2:

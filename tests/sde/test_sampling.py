@@ -361,3 +361,12 @@ def test_non_finite_model_output_names_the_time(name, options):
     assert isinstance(info.value, FloatingPointError)
     t = info.value.t if name not in sampling.DISCRETE_SAMPLERS else info.value.t / 1000
     assert 0.3 <= t < 0.5  # the first call below t = 0.5 (adaptive steps may jump past 0.4)
+
+
+def test_the_ode_refuses_a_nonpositive_step_count_or_tolerance():
+    data = gaussian_2d()
+    x_T = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        sampling.sample(data.eps_fn(VP), VP, x_T, "ode", method="rk4", steps=0)
+    with pytest.raises(ValueError, match="rtol must be a positive number, got -1"):
+        sampling.sample(data.eps_fn(VP), VP, x_T, "ode", rtol=-1)
