@@ -4,6 +4,8 @@
   one line naming the key, before data or models are touched.
 - `UpdateGuard`: an optimizer step whose relative size ‖θ_new − θ_old‖ / ‖θ_old‖ exceeds `max_update_ratio` is
   undone (the weights, not the optimizer's moments); a finite but exploding learning rate shows up exactly so.
+- the trainer's loss-spike check: a finite loss above `max_loss_ratio` times the running mean of its kept steps is
+  skipped like a non-finite one.
 - `weights_healthy`: every weight finite and no larger in magnitude than `max_weight`; a checkpoint is only
   written from healthy weights.
 - `TrainingDiverged`: raised after `max_skipped_steps` consecutive skipped or undone updates, or when a checkpoint

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -85,6 +85,7 @@ class Progress:
     step: int = 0
     skipped: int = 0  # updates skipped (non-finite) or undone (too large), VAE's and score model's counted apart
     skipped_in_a_row: int = 0  # steps in a row in which some update was skipped or undone
+    loss_scale: dict = field(default_factory=dict)  # running mean of each part's kept losses (the spike guard's)
     best_val: float = math.inf
     best_step: int = -1
 
@@ -316,6 +317,12 @@ class Trainer:
                            inputs=self._condition_inputs(x, y), fit=self.fit_config,
                            score_in_stage1=bool(train.get("score_in_stage1")))
 
+    def _loss_spike(self, name: str, value: float) -> bool:
+        """Whether a finite loss lies above `train.max_loss_ratio` times the running mean of its kept steps (a spike
+        whose update is skipped like a non-finite one; None: no check)."""
+        ratio, scale = self.train_cfg.get("max_loss_ratio"), self.progress.loss_scale.get(name)
+        return ratio is not None and bool(scale) and value > ratio * abs(scale)
+
     def _guarded_step(self, parameters: list, optimizer) -> bool:
         """optimizer.step(), undone when it moved the parameters by more than `train.max_update_ratio` of their norm
         (`lsgm.guard.UpdateGuard`); whether the step was kept."""
@@ -372,14 +379,18 @@ class Trainer:
             loss_score.backward(inputs=self.score_parameters)
         distributed.average_gradients(self.vae_parameters + self.score_parameters, self.context.world_size)
         grad_vae, grad_score = self._clip(self.vae_parameters, loss_vae), self._clip(self.score_parameters, loss_score)
-        parts = [(loss, grad, parameters, optimizer) for loss, grad, parameters, optimizer in
-                 ((loss_vae, grad_vae, self.vae_parameters, self.vae_optimizer),
-                  (loss_score, grad_score, self.score_parameters, self.score_optimizer)) if loss is not None]
-        # one device synchronisation: is each part's loss and gradient norm finite
-        finite = torch.stack([torch.isfinite(loss.detach().float()) & torch.isfinite(grad)
-                              for loss, grad, _, _ in parts]).tolist()
-        kept = [ok and self._guarded_step(parameters, optimizer)
-                for (_, _, parameters, optimizer), ok in zip(parts, finite)]  # the VAE's and the score's, apart
+        parts = [part for part in (("vae", loss_vae, grad_vae, self.vae_parameters, self.vae_optimizer),
+                                   ("score", loss_score, grad_score, self.score_parameters, self.score_optimizer))
+                 if part[1] is not None]
+        # one device synchronisation: each part's loss and whether it and its gradient norm are finite
+        checks = torch.stack([torch.stack([(torch.isfinite(loss.detach()) & torch.isfinite(grad)).float(),
+                                           loss.detach().float()]) for _, loss, grad, _, _ in parts]).tolist()
+        kept = [bool(finite) and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
+                for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # VAE, score apart
+        for (name, *_), (_, value), ok in zip(parts, checks, kept):
+            if ok:
+                scale = self.progress.loss_scale.get(name)
+                self.progress.loss_scale[name] = value if scale is None else 0.9 * scale + 0.1 * value
         if loss_score is not None and kept[-1]:
             self.ema.update()
         skipped = kept.count(False)
@@ -389,7 +400,8 @@ class Trainer:
         if self.progress.skipped_in_a_row >= limit:
             raise TrainingDiverged(
                 f"training diverged: {self.progress.skipped_in_a_row} steps in a row up to step {step + 1} had a "
-                f"non-finite loss or gradient or an update larger than train.max_update_ratio of the weights; "
+                f"non-finite loss or gradient, a loss above train.max_loss_ratio of its running mean, or an update "
+                f"larger than train.max_update_ratio of the weights; "
                 f"lower the learning rates (train.lr_vae, train.lr_score) and resume from the last checkpoint")
         self.progress.step += 1
         lrs = {f"lr_{name}": optimizer.param_groups[0]["lr"] for name, optimizer in

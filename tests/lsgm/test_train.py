@@ -464,3 +464,30 @@ def test_the_debug_preset_shrinks_any_preset_to_a_smoke_run(experiment, stage1):
     assert (cfg.train.steps, cfg.train.stage1_steps, cfg.logger.mode) == (20, stage1, "none")
     assert cfg.sampler.name == "heun" and cfg.train.final_eval.max_images == 16
     assert build_model(cfg, (1, 8, 8), 17, num_classes=10).kind == cfg.kind
+
+
+def test_a_finite_loss_spike_skips_its_update(tmp_path, monkeypatch):
+    """After a few steps each part's running loss is known; a finite VAE loss 100× above it is skipped (the score
+    model's update, whose loss is normal, is kept), and the next normal step trains again."""
+    trainer = Trainer(tiny_config("train.stage1_steps=0", "train.max_loss_ratio=10"), tmp_path)
+    for _ in range(3):
+        trainer.train_step(next(trainer.stream).x)
+    assert set(trainer.progress.loss_scale) == {"vae", "score"} and trainer.progress.skipped == 0
+    vae_before = [p.detach().clone() for p in trainer.vae_parameters]
+    score_before = [p.detach().clone() for p in trainer.score_parameters]
+    losses = trainer.model.losses
+
+    def spike(*arguments):
+        result = losses(*arguments)
+        result.loss_vae = result.loss_vae * 100
+        return result
+
+    monkeypatch.setattr(trainer.model, "losses", spike)
+    trainer.train_step(next(trainer.stream).x)
+    assert trainer.progress.skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(vae_before, trainer.vae_parameters))
+    assert any(not torch.equal(a, b) for a, b in zip(score_before, trainer.score_parameters))
+    monkeypatch.setattr(trainer.model, "losses", losses)
+    trainer.train_step(next(trainer.stream).x)
+    assert trainer.progress.skipped == 1 and trainer.progress.skipped_in_a_row == 0
+    trainer.close()
