@@ -104,7 +104,9 @@ def test_trainer_drops_inactive_channels_when_the_joint_phase_starts(tmp_path, m
     torch.testing.assert_close(trainer.model.mixing_logit[[1, 3]].detach(), torch.full((2,), INACTIVE_LOGIT),
                                atol=0.01, rtol=0)
     trainer.save("last.pt")
+    trainer.close()
     resumed = Trainer(cfg, tmp_path)
+    resumed.close()
     assert torch.equal(resumed.model.active, trainer.model.active)
 
 
