@@ -27,6 +27,20 @@ from .conftest import CONFIG_DIR, TINY, tiny_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def scale_loss(monkeypatch, trainer, name: str, factor: float):
+    """Make the trainer's model return one of its losses ("loss_vae" or "loss_score") times `factor` (e.g. NaN, a
+    spike); returns the model's own `losses`, to restore."""
+    losses = trainer.model.losses
+
+    def scaled(*arguments):
+        result = losses(*arguments)
+        setattr(result, name, getattr(result, name) * factor)
+        return result
+
+    monkeypatch.setattr(trainer.model, "losses", scaled)
+    return losses
+
+
 def train(cfg, run_dir, stop_at=None):
     trainer = Trainer(cfg, run_dir)
     if stop_at is not None:
@@ -93,14 +107,7 @@ def test_the_vae_alone_trains_through_the_trainer_and_a_non_finite_step_is_skipp
     after = bound()
     assert after < before - 0.2, (before, after)
     weights = [p.detach().clone() for p in trainer.vae_parameters]
-    losses = trainer.model.losses
-
-    def non_finite(*arguments):
-        result = losses(*arguments)
-        result.loss_vae = result.loss_vae * float("nan")
-        return result
-
-    monkeypatch.setattr(trainer.model, "losses", non_finite)
+    scale_loss(monkeypatch, trainer, "loss_vae", float("nan"))
     trainer.train_step(next(trainer.stream).x)
     assert trainer.progress.skipped == 1 and trainer.progress.step == 21
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.vae_parameters))
@@ -181,14 +188,7 @@ def test_a_non_finite_score_loss_skips_only_the_score_update(tmp_path, monkeypat
     trainer = Trainer(tiny_config("train.stage1_steps=0"), tmp_path)
     vae_before = [p.detach().clone() for p in trainer.vae_parameters]
     score_before = [p.detach().clone() for p in trainer.score_parameters]
-    losses = trainer.model.losses
-
-    def nan_score(*arguments):
-        result = losses(*arguments)
-        result.loss_score = result.loss_score * float("nan")
-        return result
-
-    monkeypatch.setattr(trainer.model, "losses", nan_score)
+    scale_loss(monkeypatch, trainer, "loss_score", float("nan"))
     record = trainer.train_step(next(trainer.stream).x)
     trainer.close()
     assert record["phase"] == "joint" and trainer.progress.skipped == 1
@@ -475,14 +475,7 @@ def test_a_finite_loss_spike_skips_its_update(tmp_path, monkeypatch):
     assert set(trainer.progress.loss_scale) == {"vae", "score"} and trainer.progress.skipped == 0
     vae_before = [p.detach().clone() for p in trainer.vae_parameters]
     score_before = [p.detach().clone() for p in trainer.score_parameters]
-    losses = trainer.model.losses
-
-    def spike(*arguments):
-        result = losses(*arguments)
-        result.loss_vae = result.loss_vae * 100
-        return result
-
-    monkeypatch.setattr(trainer.model, "losses", spike)
+    losses = scale_loss(monkeypatch, trainer, "loss_vae", 100.0)
     trainer.train_step(next(trainer.stream).x)
     assert trainer.progress.skipped == 1
     assert all(torch.equal(a, b) for a, b in zip(vae_before, trainer.vae_parameters))
