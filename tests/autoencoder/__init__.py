@@ -1,0 +1,1 @@
+"""Tests of the autoencoder package (latent-diffusion's first stage)."""
