@@ -12,7 +12,8 @@ from .distance import FeatureDistance
 
 # torchvision's VGG16 ("D") `features` up to relu5_3: channels of each 3×3 conv, "M" a 2×2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-TAP_CHANNELS = (64, 128, 256, 512, 512)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+TAP_INDICES = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
+TAP_CHANNELS = (64, 128, 256, 512, 512)
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 
@@ -39,8 +40,6 @@ class VGG16Features(nn.Sequential):
                 layers += [nn.Conv2d(channels, entry, 3, padding=1), nn.ReLU()]
                 channels = entry
         super().__init__(*layers)
-        self.taps = [index for index, layer in enumerate(self) if isinstance(layer, nn.ReLU)
-                     and (index + 1 == len(self) or isinstance(self[index + 1], nn.MaxPool2d))]
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
@@ -51,7 +50,7 @@ class VGG16Features(nn.Sequential):
         taps = []
         for index, layer in enumerate(self):
             x = layer(x)
-            if index in self.taps:
+            if index in TAP_INDICES:
                 taps.append(x)
         return taps
 

@@ -87,6 +87,7 @@ def test_generator_loss_before_disc_start_never_calls_the_discriminator():
     assert scalars["nll"].item() == pytest.approx(nll.item(), rel=1e-12)
     assert scalars["g_loss"].item() == 0.0 and scalars["disc_weight"].item() == 0.0
     assert scalars["rec_l1"].item() == pytest.approx((x - out.reconstruction).abs().mean().item())
+    assert scalars["perceptual"].item() == pytest.approx((x - out.reconstruction).pow(2).mean().item())
     assert criterion.discriminator_loss(x, out.reconstruction, step=9) == (None, {})
 
 
