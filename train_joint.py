@@ -63,8 +63,12 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         trainer.close()
     if summary:
-        print(f"test NLL: {summary['test_bpd']:.4f} ± {summary['test_bpd_stderr']:.4f} bits/dim "
-              f"({summary['test_nll_nfe']} ODE function evaluations)")
+        if "test_bpd" in summary:
+            print(f"test NLL: {summary['test_bpd']:.4f} ± {summary['test_bpd_stderr']:.4f} bits/dim "
+                  f"({summary['test_nll_nfe']} ODE function evaluations)")
+        else:  # no likelihood (kind=ldm)
+            print(f"test reconstruction RMSE: {summary['test_rmse']:.4f} ± {summary['test_rmse_stderr']:.4f} "
+                  "([−1, 1] units; this model has no likelihood)")
         print(f"samples: {summary['samples']}")
         print(f"run folder: {run_dir}")
         return summary["best_val_bpd"]

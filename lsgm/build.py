@@ -9,17 +9,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+import autoencoder
 import nvae
 from sde import SDE, make_sde
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, read_pretrained
 from .conditioning import build_condition
 from .data import load_dataset
-from .models import DDPM, LSGM, PixelSGM, VAEAlone
+from .metrics.digits_classifier import DigitsConvFeatures, load_digits_classifier
+from .models import DDPM, LDM, LSGM, PixelSGM, VAEAlone
 from .score_net import ScoreNet
 
-# ${stage1_for:${kind},N} in a config: N VAE-alone steps for an LSGM, 0 for the kinds that have no stage 1
-OmegaConf.register_new_resolver("stage1_for", lambda kind, steps: int(steps) if kind == "lsgm" else 0, replace=True)
+# ${stage1_for:${kind},N} in a config: N first-stage steps for an LSGM or an LDM, 0 for the kinds that have no stage 1
+OmegaConf.register_new_resolver("stage1_for", lambda kind, steps: int(steps) if kind in ("lsgm", "ldm") else 0,
+                                replace=True)
 
 
 def plain(cfg) -> dict:
@@ -47,6 +50,42 @@ def build_vae(cfg: Mapping, data_shape, levels: int | None):
     return nvae.NVAE(in_channels=channels, image_size=height, levels=levels, **cfg.get("params", {}))
 
 
+def build_autoencoder(cfg: Mapping, data_shape) -> autoencoder.Autoencoder:
+    """LDM's first stage from the `autoencoder` group's `params` (`autoencoder.Autoencoder`)."""
+    channels, height, width = data_shape
+    if height != width:
+        raise ValueError(f"the autoencoder expects square images, got {height}x{width}")
+    return autoencoder.Autoencoder(in_channels=channels, image_size=height, **plain(cfg).get("params", {}))
+
+
+def build_perceptual(name: str | None, path: str | None = None) -> nn.Module | None:
+    """The perceptual distance of the first stage's loss: `digits` (the shipped digits classifier's conv features,
+    unit-normalised, unweighted), `lpips` (VGG16 + LPIPS' linear heads, every weight from the local file `path`),
+    or None."""
+    if name is None:
+        return None
+    if name == "digits":
+        return autoencoder.FeatureDistance(DigitsConvFeatures(load_digits_classifier()))
+    if name == "lpips":
+        if not path:
+            raise ValueError("autoencoder.loss.perceptual=lpips needs autoencoder.loss.perceptual_path, a local "
+                             "weights file (make it with: python -m autoencoder.perceptual convert --help)")
+        return autoencoder.lpips(path)
+    raise ValueError(f"unknown perceptual loss {name!r}; valid: digits, lpips, null")
+
+
+def build_first_stage_loss(cfg: Mapping, data_shape) -> autoencoder.AutoencoderLoss:
+    """The first stage's loss (`autoencoder.AutoencoderLoss`) with its PatchGAN discriminator (none when the group's
+    `discriminator` is null or `loss.disc_factor` is 0) and perceptual network."""
+    cfg = plain(cfg)
+    loss = dict(cfg.get("loss", {}))
+    perceptual = build_perceptual(loss.pop("perceptual", None), loss.pop("perceptual_path", None))
+    options = cfg.get("discriminator")
+    discriminator = (autoencoder.PatchDiscriminator(in_channels=data_shape[0], **options)
+                     if options is not None and loss.get("disc_factor", 1.0) > 0 else None)
+    return autoencoder.AutoencoderLoss(discriminator, perceptual, **loss)
+
+
 def has_vae(cfg) -> bool:
     return plain(cfg["vae"]).get("name", "nvae") != "none"
 
@@ -70,6 +109,10 @@ def normal_base_on_vp(cfg) -> bool:
     return is_vp(cfg) or not (score.get("mixed", True) or score.get("residual", False))
 
 
+def has_autoencoder(cfg) -> bool:
+    return cfg.get("autoencoder") is not None
+
+
 def no_stage1(cfg) -> bool:
     return plain(cfg.get("train", {})).get("stage1_steps", 0) == 0
 
@@ -83,19 +126,28 @@ NORMAL_PRIOR = ("an SDE with a N(0, I) prior, VP or sub-VP (the objective's clos
 NORMAL_BASE = ("the VP-SDE for the mixed or residual score (sde=vp, geometric, cosine; or score.mixed: false)",
                normal_base_on_vp)
 NO_STAGE1 = ("train.stage1_steps: 0 (no VAE to train first)", no_stage1)
+NO_AUTOENCODER = ("autoencoder: null (a first-stage autoencoder is kind=ldm's)", lambda cfg: not has_autoencoder(cfg))
 KIND_RULES = {
-    "lsgm": (HAS_VAE, CONTINUOUS, NORMAL_PRIOR, NORMAL_BASE,
+    "lsgm": (HAS_VAE, NO_AUTOENCODER, CONTINUOUS, NORMAL_PRIOR, NORMAL_BASE,
              ("train.mode joint or disjoint (the VAE alone is kind=vae)",
               lambda cfg: plain(cfg["train"]).get("mode") in ("joint", "disjoint"))),
-    "vae": (HAS_VAE, ("no condition (a VAE alone is unconditional)", lambda cfg: not cfg.get("condition"))),
-    "pixel": (("vae=none (a pixel-space model has no VAE)", lambda cfg: not has_vae(cfg)), CONTINUOUS, NORMAL_PRIOR,
-              NORMAL_BASE, NO_STAGE1),
-    "ddpm": (("vae=none (DDPM is a pixel-space chain)", lambda cfg: not has_vae(cfg)),
+    "vae": (HAS_VAE, NO_AUTOENCODER,
+            ("no condition (a VAE alone is unconditional)", lambda cfg: not cfg.get("condition"))),
+    "pixel": (("vae=none (a pixel-space model has no VAE)", lambda cfg: not has_vae(cfg)), NO_AUTOENCODER, CONTINUOUS,
+              NORMAL_PRIOR, NORMAL_BASE, NO_STAGE1),
+    "ddpm": (("vae=none (DDPM is a pixel-space chain)", lambda cfg: not has_vae(cfg)), NO_AUTOENCODER,
              ("a discrete chain: score.discrete_steps: T", is_discrete),
              ("the VP-SDE, which DDPM's chain discretises (sde=ddpm, vp, ...)", is_vp),
              ("score.mixed: false and score.residual: false (DDPM's network predicts ε itself)",
               lambda cfg: not (plain(cfg["score"]).get("mixed", True) or plain(cfg["score"]).get("residual"))),
              NO_STAGE1),
+    "ldm": (("an autoencoder (autoencoder=digits_kl, digits_vq, ...)", has_autoencoder),
+            ("vae=none (the first stage is the autoencoder)", lambda cfg: not has_vae(cfg)), CONTINUOUS,
+            NORMAL_PRIOR, NORMAL_BASE,
+            ("train.stage1_steps > 0 for the autoencoder, or train.first_stage (a trained one)",
+             lambda cfg: not no_stage1(cfg) or bool(plain(cfg["train"]).get("first_stage"))),
+            ("train.score_in_stage1: false (the latents and their scale change until stage 2)",
+             lambda cfg: not plain(cfg["train"]).get("score_in_stage1"))),
 }
 
 
@@ -119,7 +171,8 @@ def build_model(cfg: Mapping, data_shape, levels: int | None, num_classes: int |
     if kind == "vae":
         return VAEAlone(vae, data_shape, levels)
     sde = build_sde(cfg["sde"])
-    latent_shape = tuple(vae.latent_shape) if vae is not None else tuple(data_shape)
+    first_stage = build_autoencoder(cfg["autoencoder"], data_shape) if kind == "ldm" else vae
+    latent_shape = tuple(first_stage.latent_shape) if first_stage is not None else tuple(data_shape)
     score = plain(cfg["score"])
     condition = build_condition(plain(cfg["condition"]) if cfg.get("condition") else None, data_shape, latent_shape,
                                 num_classes)
@@ -131,6 +184,9 @@ def build_model(cfg: Mapping, data_shape, levels: int | None, num_classes: int |
               "residual": score.get("residual", False)}
     if kind == "pixel":
         return PixelSGM(net, sde, data_shape, levels, condition=condition, **mixing)
+    if kind == "ldm":
+        return LDM(net, sde, first_stage, build_first_stage_loss(cfg["autoencoder"], data_shape), data_shape, levels,
+                   plain(cfg["autoencoder"]).get("scale_factor"), condition, **mixing)
     return LSGM(net, sde, vae, data_shape, levels, condition=condition, **mixing)
 
 
@@ -159,6 +215,23 @@ def vae_weights(model: nn.Module, state_dict: dict) -> dict:
     if model.kind == "vae":
         return {name: value for name, value in state_dict.items() if name.startswith("vae.")}
     return state_dict
+
+
+def load_first_stage(model: nn.Module, path) -> None:
+    """Load the first stage of a trained run into `model` (LDM's stage 2 from a separate stage-1 run): every weight
+    and buffer under `autoencoder.` of the checkpoint (or `save_pretrained` folder) at `path`, which must match
+    this model's autoencoder."""
+    if getattr(model, "autoencoder", None) is None:
+        raise ValueError(f"train.first_stage is for kind=ldm (a first-stage autoencoder); this model is {model.kind}")
+    state = read_pretrained(path) if Path(path).is_dir() else load_checkpoint(path, map_location="cpu")
+    prefix = "autoencoder."
+    weights = {name[len(prefix):]: value for name, value in state["model"].items() if name.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{path} holds no first-stage autoencoder (no 'autoencoder.*' weights)")
+    try:
+        model.autoencoder.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its autoencoder does not match this config's ({error})") from None
 
 
 def load_splits(data_cfg) -> dict:

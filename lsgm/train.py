@@ -29,7 +29,7 @@ from tqdm import tqdm
 from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
 
 from . import distributed
-from .build import build_model, load, load_splits, plain
+from .build import build_model, load, load_first_stage, load_splits, plain
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .conditioning import random_masks
 from .data import BatchStream
@@ -43,7 +43,9 @@ from .run_lock import RunLock
 log = logging.getLogger(__name__)  # hydra writes it to the console and to the run folder's train_joint.log
 # SIGINT/SIGTERM (ctrl-C, torchrun, kill), and SIGUSR1, which SLURM/submitit send before a job's time limit
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-ACTIVE_CHANNEL_IMAGES = 4096  # training images over which drop_inactive_var averages the KL per channel
+PRIOR_IMAGES = 4096  # training images a model's `prepare_prior` sees (LSGM: KL per channel; LDM: the latent scale)
+FIRST_STAGE = ("vae.", "autoencoder.")  # the first stage's parameters: an LSGM's VAE, an LDM's autoencoder
+DISCRIMINATOR = "first_stage_loss.discriminator."  # an LDM's discriminator
 
 
 def git_commit() -> str | None:
@@ -122,15 +124,19 @@ class Trainer:
         self.model.to(memory_format=self.memory_format)
         if self.train_cfg.get("compile"):
             compile_networks(self.model)
-        named = list(self.model.named_parameters())
-        self.vae_parameters = [p for n, p in named if n.startswith("vae.")]
-        score_named = [(n, p) for n, p in named if not n.startswith("vae.")]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: perceptual nets
+        self.vae_parameters = [p for n, p in named if n.startswith(FIRST_STAGE)]
+        self.disc_parameters = [p for n, p in named if n.startswith(DISCRIMINATOR)]
+        score_named = [(n, p) for n, p in named if not n.startswith((*FIRST_STAGE, DISCRIMINATOR))]
         self.score_parameters = [p for _, p in score_named]
+        betas = tuple(self.train_cfg.get("betas_vae") or (0.9, 0.999))
         self.fit_config = FitConfig(optimizer=self.train_cfg.optimizer_vae, lr=self.train_cfg.lr_vae,
                                     weight_decay=self.train_cfg.weight_decay_vae, kl_balance=self.train_cfg.kl_balance,
                                     spectral_weight=self.train_cfg.spectral_weight,
-                                    norm_weight=self.train_cfg.norm_weight)
+                                    norm_weight=self.train_cfg.norm_weight, betas=betas)
         self.vae_optimizer = make_optimizer(self.vae_parameters, self.fit_config) if self.vae_parameters else None
+        self.disc_optimizer = torch.optim.Adam(self.disc_parameters, lr=self.lr_disc, betas=betas) \
+            if self.disc_parameters else None
         self.score_optimizer = torch.optim.AdamW(self._score_groups(score_named), lr=self.train_cfg.lr_score,
                                                  weight_decay=self.train_cfg.weight_decay_score) \
             if self.score_parameters else None
@@ -142,6 +148,9 @@ class Trainer:
         self.stream = BatchStream(train.to(self.device), self.train_cfg.batch_size // world, seed=cfg.seed,
                                   rank=self.context.rank, world_size=world)
         self.progress = Progress()
+        if self.train_cfg.get("first_stage") and self.train_cfg.resume is None:
+            load_first_stage(self.model, self.train_cfg.first_stage)
+            distributed.broadcast_module(self.model, self.context)
         self.stop_requested = False
         self.wandb_id = None  # the wandb run this training run logs to (kept in checkpoints, continued on resume)
         resumed = self._resume()
@@ -155,8 +164,9 @@ class Trainer:
         """The run's folder, device, model and parameter counts, and where wandb writes, before the first step."""
         count = lambda parameters: sum(p.numel() for p in parameters)  # noqa: E731
         wandb_dir = self.run_dir / "wandb" if self.logger.wandb_run is not None else "off"
+        disc = f", discriminator {count(self.disc_parameters):,}" if self.disc_parameters else ""
         log.info(f"run folder {self.run_dir}; device {self.device} × {self.context.world_size} process(es); "
-                 f"model {self.model.kind}: VAE {count(self.vae_parameters):,} and score model "
+                 f"model {self.model.kind}: first stage {count(self.vae_parameters):,}{disc} and score model "
                  f"{count(self.score_parameters):,} parameters; wandb {wandb_dir}")
 
     # --- setup ------------------------------------------------------------------------------------
@@ -223,6 +233,8 @@ class Trainer:
             self.vae_optimizer.load_state_dict(state["vae_optimizer"])
         if self.score_optimizer is not None:
             self.score_optimizer.load_state_dict(state["score_optimizer"])
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.stream.load_state_dict(state["data"])
         self.progress = Progress(**state["progress"])
         self.wandb_id = state.get("wandb_id")
@@ -241,6 +253,7 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "vae_optimizer": self.vae_optimizer.state_dict() if self.vae_optimizer is not None else None,
             "score_optimizer": self.score_optimizer.state_dict() if self.score_optimizer is not None else None,
+            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
             "data": self.stream.state_dict(), "progress": vars(self.progress).copy(), "rng": rng_state(),
             "step": self.progress.step, "world_size": self.context.world_size,
             "wandb_id": self.logger.run_id if self.logger is not None else self.wandb_id,
@@ -251,13 +264,19 @@ class Trainer:
         blew up stops instead of overwriting its last good checkpoint."""
         path = self.checkpoint_dir / name
         if self.context.is_main:
-            healthy, largest = weights_healthy(self.vae_parameters + self.score_parameters, self.max_weight)
+            healthy, largest = weights_healthy(self.vae_parameters + self.disc_parameters + self.score_parameters,
+                                               self.max_weight)
             if not healthy:
                 raise TrainingDiverged(f"not writing {path} at step {self.progress.step}: the largest weight is "
                                        f"{largest:.4g} (limit train.max_weight = {self.max_weight:g}); the last good "
                                        f"checkpoint is kept; lower the learning rates (train.lr_vae, train.lr_score)")
             save_checkpoint(path, self.state())
         return path
+
+    @property
+    def lr_disc(self) -> float:
+        """The discriminator's rate (`train.lr_disc`; null: the first stage's)."""
+        return self.train_cfg.get("lr_disc") or self.train_cfg.lr_vae
 
     @property
     def max_weight(self) -> float:
@@ -278,15 +297,26 @@ class Trainer:
         stage1 = 0 if self.train_cfg.get("score_in_stage1") else self.train_cfg.stage1_steps
         return self._progress(step, stage1)
 
+    def first_stage_steps(self) -> int:
+        """The steps the first stage trains for: the whole run when it trains in the last phase (a VAE alone, joint
+        LSGM), else stage 1 (an LDM's autoencoder, LSGM's disjoint mode)."""
+        last_phase = self.phase(self.train_cfg.steps - 1)
+        return self.train_cfg.steps if last_phase in ("vae", "joint") else self.train_cfg.stage1_steps
+
     def _set_learning_rates(self, phase: str, step: int) -> None:
-        """Warm-up + cosine: the VAE's over the whole run (or restarted at `lr_vae_joint` for the joint phase,
-        LSGM's recipe after a long stage 1), the score model's over its own training (`score_progress`)."""
+        """Warm-up + cosine: the first stage's (and a discriminator's) over the steps it trains
+        (`first_stage_steps`; or restarted at `lr_vae_joint` for the joint phase, LSGM's recipe after a long stage 1),
+        the score model's over its own training (`score_progress`)."""
         train = self.train_cfg
+        first_stage_p = step / max(self.first_stage_steps(), 1)
         if self.vae_optimizer is not None:
-            restart = phase != "vae" and train.get("lr_vae_joint")
+            restart = phase == "joint" and train.get("lr_vae_joint")
             lr, p = ((train.lr_vae_joint, self._progress(step, train.stage1_steps)) if restart
-                     else (train.lr_vae, step / train.steps))
+                     else (train.lr_vae, first_stage_p))
             set_lr(self.vae_optimizer, warmup_cosine_lr(p, lr, train.min_lr_fraction * lr, train.warmup_fraction))
+        if self.disc_optimizer is not None:
+            set_lr(self.disc_optimizer, warmup_cosine_lr(first_stage_p, self.lr_disc,
+                                                         train.min_lr_fraction * self.lr_disc, train.warmup_fraction))
         if self.score_optimizer is not None:
             lr_score = warmup_cosine_lr(self.score_progress(step), train.lr_score,
                                         train.min_lr_fraction * train.lr_score, train.warmup_fraction)
@@ -309,13 +339,13 @@ class Trainer:
             return condition.inputs(condition.drop(y))
         return condition.inputs(condition.drop((x, random_masks(x.shape[0], x.shape[-2:], device=x.device))))
 
-    def loss_options(self, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float) -> LossOptions:
+    def loss_options(self, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float, step: int = 0) -> LossOptions:
         """What `model.losses` needs besides the batch: the run's schemes and weights, the (dropped) condition."""
         train = self.train_cfg
         return LossOptions(kl_weight=kl_weight, scheme_p=train.scheme_p, scheme_q=train.scheme_q,
                            t_eps=self.cfg.sde.t_eps, draws=train.get("noise_draws", 1),
                            inputs=self._condition_inputs(x, y), fit=self.fit_config,
-                           score_in_stage1=bool(train.get("score_in_stage1")))
+                           score_in_stage1=bool(train.get("score_in_stage1")), step=step)
 
     def _loss_spike(self, name: str, value: float) -> bool:
         """Whether a finite loss lies above `train.max_loss_ratio` times the running mean of its kept steps (a spike
@@ -341,47 +371,49 @@ class Trainer:
         return torch.nn.utils.clip_grad_norm_(parameters, limit)
 
     @torch.no_grad()
-    def drop_inactive_channels(self) -> dict:
-        """LSGM's drop_inactive_var (`LSGM.drop_inactive`) on the stage-1 VAE's latents, with the KL per channel
-        averaged over the first training images; its RNG draws do not touch the training streams."""
-        x = self.data["train"].x[:ACTIVE_CHANNEL_IMAGES].to(self.device)
+    def prepare_prior(self) -> dict:
+        """The model's `prepare_prior` (LSGM: drop_inactive_var; LDM: its latent scale) on the first training images,
+        in eval mode; its RNG draws do not touch the training streams."""
+        x = self.data["train"].x[:PRIOR_IMAGES].to(self.device)
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(self.cfg.seed)
             self.model.eval()
-            active = self.model.drop_inactive(x)
-        count = int(active.sum())
-        if self.context.is_main:
-            log.info(f"drop_inactive_var: {count} of {active.numel()} latent channels active (KL ≥ 0.1 nat)")
-        return {"active_channels": count}
+            numbers = self.model.prepare_prior(x, self.train_cfg)
+        if numbers and self.context.is_main:
+            log.info("the score model's phase starts: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+        return numbers
 
     def _starts_score_prior(self, phase: str, step: int) -> bool:
-        """Whether this step is the first of the joint (or disjoint) phase after a stage 1 of the VAE."""
-        return phase in ("joint", "disjoint") and step == self.train_cfg.stage1_steps > 0
+        """Whether this step is the first of the score model's phase (after a stage 1, or the run's first step)."""
+        return phase in ("joint", "disjoint", "score") and step == self.train_cfg.stage1_steps
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
         phase = self.phase(step)
-        dropped = self.drop_inactive_channels() if self.train_cfg.get("drop_inactive_var") and \
-            self._starts_score_prior(phase, step) else {}
+        prepared = self.prepare_prior() if self._starts_score_prior(phase, step) else {}
         self._set_learning_rates(phase, step)
         kl_weight = self._kl_weight(step)
         self.model.train()
         amp = self.train_cfg.amp == "bf16"  # bf16 autocast on CUDA and CPU alike; the weights stay float32
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = self.model.losses(phase, x, self.loss_options(x, y, kl_weight))
-        scalars, loss_vae, loss_score = losses.scalars, losses.loss_vae, losses.loss_score
-        for optimizer in (self.vae_optimizer, self.score_optimizer):
+            losses = self.model.losses(phase, x, self.loss_options(x, y, kl_weight, step))
+        scalars = losses.scalars
+        candidates = (("vae", losses.loss_vae, self.vae_parameters, self.vae_optimizer),
+                      ("disc", losses.loss_disc, self.disc_parameters, self.disc_optimizer),
+                      ("score", losses.loss_score, self.score_parameters, self.score_optimizer))
+        for optimizer in (self.vae_optimizer, self.disc_optimizer, self.score_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-        if loss_vae is not None:
-            loss_vae.backward(inputs=self.vae_parameters, retain_graph=loss_score is not None)
-        if loss_score is not None:
-            loss_score.backward(inputs=self.score_parameters)
-        distributed.average_gradients(self.vae_parameters + self.score_parameters, self.context.world_size)
-        grad_vae, grad_score = self._clip(self.vae_parameters, loss_vae), self._clip(self.score_parameters, loss_score)
-        parts = [part for part in (("vae", loss_vae, grad_vae, self.vae_parameters, self.vae_optimizer),
-                                   ("score", loss_score, grad_score, self.score_parameters, self.score_optimizer))
-                 if part[1] is not None]
+        if losses.loss_vae is not None:  # its graph shares the score model's in a joint step
+            losses.loss_vae.backward(inputs=self.vae_parameters, retain_graph=losses.loss_score is not None)
+        for _, loss, parameters, _ in candidates[1:]:
+            if loss is not None:
+                loss.backward(inputs=parameters)
+        distributed.average_gradients(self.vae_parameters + self.disc_parameters + self.score_parameters,
+                                      self.context.world_size)
+        grads = {name: self._clip(parameters, loss) for name, loss, parameters, _ in candidates}
+        parts = [(name, loss, grads[name], parameters, optimizer) for name, loss, parameters, optimizer in candidates
+                 if loss is not None]
         # one device synchronisation: each part's loss and whether it and its gradient norm are finite
         checks = torch.stack([torch.stack([(torch.isfinite(loss.detach()) & torch.isfinite(grad)).float(),
                                            loss.detach().float()]) for _, loss, grad, _, _ in parts]).tolist()
@@ -391,7 +423,7 @@ class Trainer:
             if ok:
                 scale = self.progress.loss_scale.get(name)
                 self.progress.loss_scale[name] = value if scale is None else 0.9 * scale + 0.1 * value
-        if loss_score is not None and kept[-1]:
+        if losses.loss_score is not None and kept[-1]:
             self.ema.update()
         skipped = kept.count(False)
         self.progress.skipped += skipped
@@ -404,11 +436,11 @@ class Trainer:
                 f"larger than train.max_update_ratio of the weights; "
                 f"lower the learning rates (train.lr_vae, train.lr_score) and resume from the last checkpoint")
         self.progress.step += 1
-        lrs = {f"lr_{name}": optimizer.param_groups[0]["lr"] for name, optimizer in
-               (("vae", self.vae_optimizer), ("score", self.score_optimizer)) if optimizer is not None}
-        return {**scalars, **lrs, **self.model.monitored(), **dropped, "kl_weight": kl_weight,
-                "grad_norm_vae": grad_vae,
-                "grad_norm_score": grad_score, "skipped": self.progress.skipped, "phase": phase}
+        lrs = {f"lr_{name}": optimizer.param_groups[0]["lr"] for name, _, _, optimizer in candidates
+               if optimizer is not None}
+        grad_norms = {f"grad_norm_{name}": grads[name] for name, _, parameters, _ in candidates if parameters}
+        return {**scalars, **lrs, **self.model.monitored(), **prepared, "kl_weight": kl_weight, **grad_norms,
+                "skipped": self.progress.skipped, "phase": phase}
 
     # --- evaluation during training -------------------------------------------------------------------
     @torch.no_grad()
@@ -518,15 +550,20 @@ class Trainer:
         x = self.data[final.get("split", "test")].x[: final.get("max_images")].to(self.device)
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(self.cfg.seed)
-            result = test_nll(model, x, k=final.get("k", 1), batch_size=final.get("batch_size", 128),
-                              **final.get("ode", {}))
+            if model.has_likelihood:
+                result = test_nll(model, x, k=final.get("k", 1), batch_size=final.get("batch_size", 128),
+                                  **final.get("ode", {}))
+                numbers = {"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr, "test_nll_nfe": result.nfe}
+            else:  # no likelihood (an LDM): the reconstruction error of the test images
+                rmse = torch.cat([model.reconstruction_error(batch) for batch in x.split(512)])
+                numbers = {"test_rmse": rmse.mean().item(), "test_rmse_stderr": (rmse.std() / len(rmse) ** 0.5).item()}
             images, sample_nfe = generate(model, self.train_cfg.num_samples, self.cfg.sampler)
         grid = self.logger.log_images("final_samples", images, self.progress.step)
-        summary = {"test_bpd": result.bpd, "test_bpd_stderr": result.bpd_stderr, "test_nll_nfe": result.nfe,
-                   "sample_nfe": sample_nfe, "checkpoint": str(path), "best_step": self.progress.best_step,
+        summary = {**numbers, "sample_nfe": sample_nfe, "checkpoint": str(path), "best_step": self.progress.best_step,
                    "skipped_steps": self.progress.skipped, "samples": str(grid),
                    "best_val_bpd": self.progress.best_val}
-        self.logger.log({"test/bpd": result.bpd, "test/bpd_stderr": result.bpd_stderr}, self.progress.step)
+        self.logger.log({f"test/{name[len('test_'):]}": value for name, value in numbers.items()
+                         if name.startswith("test_") and not name.endswith("nfe")}, self.progress.step)
         self.logger.log_artifact(path, f"{self.run_dir.name}-best")
         self.logger.summary(summary)
         return summary

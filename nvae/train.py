@@ -20,7 +20,7 @@ from nvae.model import NVAE
 class FitConfig:
     """Settings of the VAE's optimiser (``make_optimizer``) and regularised loss (``training_loss``)."""
 
-    optimizer: str = "adamax"  # 'adamax' (NVAE) or 'adamw'
+    optimizer: str = "adamax"  # 'adamax' (NVAE), 'adamw' or 'adam'
     lr: float = 1e-2
     weight_decay: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -47,9 +47,9 @@ def warmup_cosine_lr(p: float, lr: float, min_lr: float, warmup: float) -> float
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
-    """Adamax (NVAE's choice, L2 weight decay: the gradient gains weight_decay * w) or AdamW (decoupled
+    """Adamax (NVAE's choice) or Adam (L2 weight decay: the gradient gains weight_decay * w), or AdamW (decoupled
     weight decay: w shrinks by lr * weight_decay * w each step)."""
-    kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW}
+    kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if cfg.optimizer not in kinds:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {sorted(kinds)}")
     return kinds[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

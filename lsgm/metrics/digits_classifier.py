@@ -49,6 +49,25 @@ class DigitsNet(nn.Module):
         return self.head(self.body(images))
 
 
+class DigitsConvFeatures(nn.Module):
+    """The classifier's three convolutional feature maps (after each ReLU: 32×8×8, 32×8×8, 64×4×4) of images in
+    [−1, 1]: the perceptual features of an LDM's first stage on digits (any image size, one channel)."""
+
+    TAPS = (1, 3, 6)  # indices in `DigitsNet.body` of the ReLUs whose outputs are returned
+
+    def __init__(self, classifier: DigitsNet):
+        super().__init__()
+        self.layers = classifier.body[: self.TAPS[-1] + 1]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps = []
+        for index, layer in enumerate(self.layers):
+            images = layer(images)
+            if index in self.TAPS:
+                maps.append(images)
+        return maps
+
+
 def shift_by_one_pixel(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image moved by (dy, dx) ∈ {−1, 0, 1}², drawn uniformly, the uncovered border filled with
     the background −1."""

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sde import expand_like, sampling
@@ -44,6 +45,14 @@ def data_grid(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     if levels is None:
         return x
     return to_unit_range(to_levels(x, levels), levels).to(x.dtype)
+
+
+def known_cells(mask: torch.Tensor, shape, threshold: float = 1.0) -> torch.Tensor:
+    """Known cells (B, C, h, w) of a grid of `shape` (C, h, w) laid over the image for a pixel mask (B, C', H, W)
+    (1 = known): a cell is known when at least `threshold` of the pixels under it are known in every channel."""
+    channels, height, width = shape
+    fraction = F.adaptive_avg_pool2d(mask.amin(dim=1, keepdim=True), (height, width))
+    return (fraction >= threshold - 1e-6).to(mask.dtype).expand(-1, channels, -1, -1)
 
 
 OUTPUT_TYPES = ("tensor", "unit", "numpy", "pil")
@@ -106,16 +115,19 @@ class LossOptions:
     inputs: dict = field(default_factory=dict)  # the score network's condition (dropped for guidance), or {}
     fit: object = None  # nvae.train.FitConfig: the VAE's balancing and regulariser weights
     score_in_stage1: bool = False  # stage 1 also fits the score model to the VAE's detached latents
+    step: int = 0  # the training step (an LDM's discriminator starts at `disc_start`)
 
 
 @dataclass
 class Losses:
-    """One step's losses: scalars to log (0-d tensors), and the scalar minimised over the VAE's parameters and over
-    the score model's (None: that part does not learn in this phase)."""
+    """One step's losses: scalars to log (0-d tensors), and the scalars minimised over the first stage's parameters
+    (the VAE's or the autoencoder's), the score model's and a discriminator's (None: that part does not learn in
+    this phase)."""
 
     scalars: dict
     loss_vae: torch.Tensor | None = None
     loss_score: torch.Tensor | None = None
+    loss_disc: torch.Tensor | None = None
 
 
 class ScoreModel(nn.Module):
@@ -132,6 +144,7 @@ class ScoreModel(nn.Module):
     """
 
     kind = "score"
+    has_likelihood = True  # `nll` gives a bound on −log P(x)
     sample_steps = 1000  # the length of the discrete chain the ddpm/ddim samplers run on
 
     def __init__(self, score_net: nn.Module, sde, latent_shape, data_shape, levels: int | None = None,
@@ -237,6 +250,11 @@ class ScoreModel(nn.Module):
 
     def to_data_grid(self, x: torch.Tensor) -> torch.Tensor:
         return data_grid(x, self.levels)
+
+    def prepare_prior(self, x: torch.Tensor, train) -> dict:
+        """Called in eval mode when the score model's phase starts, with the first training images x; returns
+        numbers to log. Nothing to do here (an LSGM drops inactive channels, an LDM sets its latent scale)."""
+        return {}
 
     def monitored(self) -> dict:
         """Numbers the trainer logs beside the losses: the mean mixing coefficient of a mixed score."""

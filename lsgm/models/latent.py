@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nvae.train import training_loss
@@ -28,7 +27,7 @@ from sde import vlb
 from sde.likelihood import ode_log_likelihood
 
 from ..objective import denoising_terms, joint_loss
-from .base import Losses, LossOptions, ScoreModel, nats_to_bits_per_dim, ode_options, sample_in_batches
+from .base import Losses, LossOptions, ScoreModel, known_cells, nats_to_bits_per_dim, ode_options, sample_in_batches
 
 INACTIVE_LOGIT = -15.0  # LSGM's mixing logit of an inactive channel: α ≈ 3e-7, the N(0, I) base alone
 INACTIVE_KL = 0.1  # nats: a latent channel whose mean KL stays below this is inactive (LSGM's threshold)
@@ -155,6 +154,13 @@ class LSGM(ScoreModel):
             total += kl.double().sum((0, 2, 3))
         return (total / x.shape[0]).to(x.dtype)
 
+    def prepare_prior(self, x: torch.Tensor, train) -> dict:
+        """When the joint (or disjoint) phase starts after a stage 1: LSGM's drop_inactive_var if
+        `train.drop_inactive_var`, the KL per channel averaged over images x."""
+        if not (train.get("drop_inactive_var") and train.stage1_steps > 0):
+            return {}
+        return {"active_channels": int(self.drop_inactive(x).sum())}
+
     def drop_inactive(self, x: torch.Tensor, threshold: float = INACTIVE_KL) -> torch.Tensor:
         """LSGM's `drop_inactive_var`: channels whose mean KL on images x is below `threshold` nats get the mixing
         logit −15 and no input to the network (`eps`). Call it in eval mode. Returns the active mask (C,) bool."""
@@ -191,11 +197,7 @@ class LSGM(ScoreModel):
         grid laid over the image at its own resolution, a cell known when at least `threshold` of the pixels under
         it are known (in every channel; 1 asks for all of them), then packed like the latents (`NVAE.pack`), so
         that a finer group's cells keep their own, smaller footprints on the top grid."""
-        pixel_known = mask.amin(dim=1, keepdim=True)
-        groups = []
-        for channels, height, width in self.vae.group_shapes:
-            fraction = F.adaptive_avg_pool2d(pixel_known, (height, width))
-            groups.append((fraction >= threshold - 1e-6).to(mask.dtype).expand(-1, channels, -1, -1))
+        groups = [known_cells(mask, shape, threshold) for shape in self.vae.group_shapes]
         return self.vae.pack(groups)
 
     def x0_range(self) -> None:

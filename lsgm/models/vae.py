@@ -18,6 +18,7 @@ class VAEAlone(nn.Module):
 
     kind = "vae"
     condition = None  # unconditional
+    has_likelihood = True
 
     def __init__(self, vae: nn.Module, data_shape=(1, 8, 8), levels: int | None = 17):
         super().__init__()

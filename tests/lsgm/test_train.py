@@ -249,6 +249,8 @@ def test_a_resumed_run_does_not_repeat_the_steps_a_crash_logged(tmp_path):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
 def test_every_preset_composes_and_builds(experiment):
     overrides = [f"experiment={experiment}", "data.root=/nonexistent"]
+    if experiment.startswith("cifar10_ldm"):  # LPIPS reads its weights from a local file; shapes only here
+        overrides.append("autoencoder.loss.perceptual=null")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     shapes = {"digits": ((1, 8, 8), 17), "mnist": ((1, 32, 32), 256), "cifar10": ((3, 32, 32), 256)}
@@ -262,9 +264,15 @@ def test_every_preset_composes_and_builds(experiment):
         assert model.schedule.T == 1000 and model.mixing_logit is None
     if experiment in ("mnist", "cifar10"):
         assert cfg.train.amp == "bf16"
+    if model.kind == "ldm":
+        assert model.autoencoder.regularizer == ("vq" if experiment.endswith("_vq") else "kl")
+        assert model.latent_shape[1] * 2 == data_shape[1]  # f = 2
+        assert (model.condition is not None) == ("class" in experiment)
 
 
-PRESET_KINDS = {"digits_vae": "vae", "digits_pixel": "pixel", "digits_class_pixel": "pixel", "digits_ddpm": "ddpm"}
+PRESET_KINDS = {"digits_vae": "vae", "digits_pixel": "pixel", "digits_class_pixel": "pixel", "digits_ddpm": "ddpm",
+                "digits_ldm": "ldm", "digits_ldm_vq": "ldm", "digits_class_ldm": "ldm", "cifar10_ldm": "ldm",
+                "cifar10_ldm_vq": "ldm"}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -277,6 +285,14 @@ PRESET_KINDS = {"digits_vae": "vae", "digits_pixel": "pixel", "digits_class_pixe
     (["experiment=digits_pixel", "train.stage1_steps=5"], "train.stage1_steps: 0"),
     (["kind=vae", "condition=class"], "no condition"),
     (["kind=gan"], "unknown kind 'gan'"),
+    (["kind=ldm"], "kind=ldm needs an autoencoder"),
+    (["experiment=digits_ldm", "vae=digits"], "vae=none (the first stage is the autoencoder)"),
+    (["experiment=digits_ldm", "train.score_in_stage1=true"], "train.score_in_stage1: false"),
+    (["experiment=digits_ldm", "train.stage1_steps=0"], "or train.first_stage"),
+    (["autoencoder=digits_kl"], "kind=lsgm needs autoencoder: null"),
+    (["experiment=digits_ldm", "autoencoder.loss.perceptual=vgg"], "unknown perceptual loss 'vgg'"),
+    (["experiment=cifar10_ldm", "data=digits", "autoencoder.loss.perceptual_path=null"],
+     "needs autoencoder.loss.perceptual_path"),
 ])
 def test_an_illegal_kind_and_config_is_one_clear_error(overrides, message):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
