@@ -351,7 +351,7 @@ class Trainer:
         """Whether a finite loss lies above `train.max_loss_ratio` times the running mean of its kept steps (a spike
         whose update is skipped like a non-finite one; None: no check)."""
         ratio, scale = self.train_cfg.get("max_loss_ratio"), self.progress.loss_scale.get(name)
-        return ratio is not None and bool(scale) and value > ratio * abs(scale)
+        return ratio is not None and bool(scale) and math.isfinite(value) and value > ratio * abs(scale)
 
     def _guarded_step(self, parameters: list, optimizer) -> bool:
         """optimizer.step(), undone when it moved the parameters by more than `train.max_update_ratio` of their norm
@@ -415,12 +415,17 @@ class Trainer:
         parts = [(name, loss, grads[name], parameters, optimizer) for name, loss, parameters, optimizer in candidates
                  if loss is not None]
         # one device synchronisation: each part's loss and whether it and its gradient norm are finite
+        # one device synchronisation: each part's loss and gradient norm finite?, and the value its spike guard tracks
+        # (the loss itself unless the model names another, e.g. an LDM's reconstruction term; NaN: none)
+        tracked = [losses.spike_values.get(name, loss) for name, loss, *_ in parts]
         checks = torch.stack([torch.stack([(torch.isfinite(loss.detach()) & torch.isfinite(grad)).float(),
-                                           loss.detach().float()]) for _, loss, grad, _, _ in parts]).tolist()
+                                           torch.full((), math.nan, device=self.device) if value is None
+                                           else value.detach().float()])
+                              for (_, loss, grad, _, _), value in zip(parts, tracked)]).tolist()
         kept = [bool(finite) and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
-                for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # VAE, score apart
+                for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
         for (name, *_), (_, value), ok in zip(parts, checks, kept):
-            if ok:
+            if ok and math.isfinite(value):
                 scale = self.progress.loss_scale.get(name)
                 self.progress.loss_scale[name] = value if scale is None else 0.9 * scale + 0.1 * value
         if losses.loss_score is not None and kept[-1]:

@@ -128,6 +128,9 @@ class Losses:
     loss_vae: torch.Tensor | None = None
     loss_score: torch.Tensor | None = None
     loss_disc: torch.Tensor | None = None
+    # the value the trainer's loss-spike guard tracks for a part ("vae", "disc", "score"), when not its loss; None:
+    # no spike check (a finite adversarial loss has no scale to spike against)
+    spike_values: dict = field(default_factory=dict)
 
 
 class ScoreModel(nn.Module):

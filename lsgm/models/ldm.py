@@ -81,7 +81,9 @@ class LDM(ScoreModel):
                                                         self.autoencoder.logvar)
         loss_disc, disc_scalars = self.first_stage_loss.discriminator_loss(x, out.reconstruction, step)
         scalars = {**scalars, **out.scalars, **disc_scalars, "loss_vae": loss.detach()}
-        return Losses(scalars, loss, None, loss_disc)
+        # the adaptive-weighted hinge term swings the generator's loss through 0, and the discriminator's hinge loss
+        # is bounded: the spike guard tracks the reconstruction term alone
+        return Losses(scalars, loss, None, loss_disc, spike_values={"vae": scalars["nll"], "disc": None})
 
     @torch.no_grad()
     def prepare_prior(self, x: torch.Tensor, train) -> dict:

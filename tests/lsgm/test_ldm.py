@@ -203,3 +203,27 @@ def test_known_latents_mark_the_cells_whose_pixels_are_all_known():
     assert known[..., :2, :].sum() == 0 and known[..., 2:, :].min() == 1
     half = model.known_latents(mask, threshold=0.5)
     assert half[..., 1, :].min() == 1 and half[..., 0, :].max() == 0
+
+
+def test_the_spike_guard_tracks_the_reconstruction_term_not_the_adversarial_swing(tmp_path, monkeypatch):
+    """After disc_start the generator's loss swings through 0 (the adaptive-weighted hinge term): steps whose total
+    loss is 10× its running mean are kept, because the guard follows the reconstruction term; the discriminator's
+    bounded hinge loss is not spike-checked at all."""
+    trainer = Trainer(ldm_config("train.max_loss_ratio=2.0"), tmp_path)
+    losses = trainer.model.losses
+    swings = iter([1.0, -1.0, 30.0, -30.0])  # stage 1: steps 0-3, the discriminator from step 2
+
+    def swinging(*arguments):
+        result = losses(*arguments)
+        result.loss_vae = result.loss_vae - result.loss_vae.detach() + next(swings) * result.loss_vae.detach().abs()
+        if result.loss_disc is not None:
+            result.loss_disc = result.loss_disc * 40.0 * trainer.progress.step
+        return result
+
+    monkeypatch.setattr(trainer.model, "losses", swinging)
+    for _ in range(4):
+        trainer.train_step(next(trainer.stream).x)
+    trainer.close()
+    assert trainer.progress.skipped == 0
+    assert set(trainer.progress.loss_scale) == {"vae"}
+    assert trainer.progress.loss_scale["vae"] > 0  # the running mean of the reconstruction term

@@ -1,0 +1,183 @@
+"""LSGM against Latent Diffusion (KL and VQ first stages) and a pixel DDPM on digits, at one training-time budget.
+
+    python benchmarks/ldm_vs_lsgm.py --lsgm RUN... --ldm RUN... --ldm-vq RUN... --ddpm RUN... [--out DIR]
+    python benchmarks/ldm_vs_lsgm.py --ldm RUN --ablation NO_GAN_RUN      # rFD with and without the patch-GAN
+
+Per row (a model group, one run folder per training seed; mean ± std over the seeds):
+- test NLL: the run's own final evaluation (`test_bpd` in its metrics.jsonl: LSGM's ODE bound, DDPM's variational
+  bound); an LDM has none (its decoder is not a likelihood);
+- rFD / RMSE: digits-FD between the reconstructions D(E(x)) of the test split (posterior means, the decoder's mean,
+  on the data's grid) and the test split itself, and their RMSE in [−1, 1] units (DDPM: no encoder);
+- digits-FD of `--num-samples` samples against the test split at 10 / 20 / 50 NFE (DPM-Solver++(2M), NFE = steps)
+  and 1000 NFE (DDPM ancestral sampling on the T = 1000 chain), sampling seed = the run's training seed;
+- train time: the run's steps per phase divided by that phase's rate, measured here, side by side for every group
+  (`--rate-steps` steps of each phase after 5 warm-up steps, one process at a time, `--threads` threads), so
+  the budget is compared at one machine's speed even when the runs trained concurrently.
+`--ablation RUN...` adds the rFD / RMSE of first stages trained without the adversarial terms
+(`autoencoder.loss.disc_factor=0`), against the `--ldm` runs' (with them).
+
+Writes ldm_vs_lsgm.md / .json into --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+import lsgm
+from lsgm.data import load_dataset
+from lsgm.metrics.quality import sample_quality
+from lsgm.sample import draw
+from lsgm.train import Trainer
+
+GROUPS = {"lsgm": "LSGM joint", "ldm": "LDM KL, f = 2", "ldm_vq": "LDM VQ, f = 2", "ddpm": "pixel DDPM"}
+SAMPLERS = {10: ("dpm2m", {"steps": 10}), 20: ("dpm2m", {"steps": 20}), 50: ("dpm2m", {"steps": 50}),
+            1000: ("ddpm", {})}
+
+
+def checkpoint_of(folder: Path) -> Path:
+    for name in ("best.pt", "last.pt"):
+        if (folder / "checkpoints" / name).is_file():
+            return folder / "checkpoints" / name
+    raise SystemExit(f"ldm_vs_lsgm: error: {folder} has no checkpoints/best.pt or last.pt")
+
+
+def final_metrics(folder: Path) -> dict:
+    """The last record of the run's metrics.jsonl that holds `test_bpd` (or `test_rmse`), else {}."""
+    found = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "test_bpd" in record or "test_rmse" in record:
+            found = record
+    return found
+
+
+@torch.no_grad()
+def reconstruction_columns(model, x: torch.Tensor) -> dict:
+    """rFD and RMSE of the test split's reconstructions (None for a model without an encoder)."""
+    if model.kind not in ("lsgm", "ldm"):
+        return {"rfd": None, "rmse": None}
+    images = model.to_data_grid(model.decode(model.encode(x, mean=True), mean=True)).clamp(-1, 1)
+    return {"rfd": sample_quality(images)["digits_fd"], "rmse": (images - x).pow(2).mean().sqrt().item()}
+
+
+def phase_steps(config) -> dict:
+    """Steps per training phase of a run config: the first stage's and the score model's."""
+    first = config.train.stage1_steps
+    return {"first": first, "second": config.train.steps - first}
+
+
+def measure_rates(config, steps: int) -> dict:
+    """Steps per second of each phase of a run config, `steps` timed steps after 5 warm-up steps."""
+    overrides = OmegaConf.create({"logger": {"mode": "none"}, "train": {
+        "steps": 2 * (steps + 5), "stage1_steps": (steps + 5) if config.train.stage1_steps else 0,
+        "eval_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9, "resume": None}})
+    cfg = OmegaConf.merge(config, overrides)
+    rates = {}
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(cfg, folder)
+        try:
+            for phase in ("first", "second") if config.train.stage1_steps else ("second",):
+                for index in range(steps + 5):
+                    if index == 5:
+                        start = time.perf_counter()
+                    batch = next(trainer.stream)
+                    trainer.train_step(batch.x.contiguous(memory_format=trainer.memory_format), batch.y)
+                rates[phase] = steps / (time.perf_counter() - start)
+        finally:
+            trainer.close()
+    return rates
+
+
+def measure_run(folder: Path, num_samples: int, x_test: torch.Tensor) -> dict:
+    model = lsgm.load(checkpoint_of(folder))
+    seed = int(model.config.seed)
+    final = final_metrics(folder)
+    row = {"run": str(folder), "seed": seed, "kind": model.kind, "test_bpd": final.get("test_bpd"),
+           **reconstruction_columns(model, x_test)}
+    for nfe, (sampler, options) in SAMPLERS.items():
+        start = time.perf_counter()
+        images, _ = draw(model, num_samples, sampler, options, batch_size=num_samples, seed=seed)
+        row[f"fd_{nfe}"] = sample_quality(images)["digits_fd"]
+        print(f"  {folder.name}: {nfe} NFE digits-FD {row[f'fd_{nfe}']:.2f} ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
+    return row
+
+
+def spread(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def table(groups: dict, rates: dict) -> str:
+    lines = ["| model | seeds | test NLL (bits/dim) | rFD / RMSE of reconstructions | digits-FD at 10 / 20 / 50 / "
+             "1000 NFE | train time (s, at the rates below) |", "|---|---:|---|---|---|---:|"]
+    for group, rows in groups.items():
+        seconds = rates[group]["train_seconds"]
+        fd = " / ".join(spread([row[f"fd_{nfe}"] for row in rows]) for nfe in SAMPLERS)
+        recon = "—" if rows[0]["rfd"] is None else (f"{spread([r['rfd'] for r in rows])} / "
+                                                     f"{spread([r['rmse'] for r in rows])}")
+        lines.append(f"| {GROUPS[group]} | {len(rows)} | {spread([r['test_bpd'] for r in rows])} | {recon} | {fd} | "
+                     f"{seconds:.0f} |")
+    lines.append("")
+    lines.append("| model | first-stage steps at steps/s | second-stage steps at steps/s |")
+    lines.append("|---|---|---|")
+    for group in groups:
+        rate = rates[group]
+        first = (f"{rate['steps']['first']} at {rate['rates']['first']:.2f}" if rate["steps"]["first"] else "—")
+        lines.append(f"| {GROUPS[group]} | {first} | {rate['steps']['second']} at {rate['rates']['second']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for group in GROUPS:
+        parser.add_argument(f"--{group.replace('_', '-')}", nargs="+", type=Path, default=[], metavar="RUN")
+    parser.add_argument("--ablation", nargs="+", type=Path, default=[], metavar="RUN",
+                        help="first stages trained with autoencoder.loss.disc_factor=0")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--rate-steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    x_test = load_dataset("digits", split="test").x
+    groups, rates = {}, {}
+    for group in GROUPS:
+        folders = getattr(arguments, group)
+        if not folders:
+            continue
+        config = lsgm.load(checkpoint_of(folders[0])).config
+        rate = measure_rates(config, arguments.rate_steps)
+        steps = phase_steps(config)
+        seconds = sum(steps[phase] / rate[phase] for phase in rate)
+        rates[group] = {"rates": {"first": None, **rate}, "steps": steps, "train_seconds": seconds}
+        print(f"{GROUPS[group]}: {steps} steps at {rate} steps/s: {seconds:.0f} s", file=sys.stderr, flush=True)
+        groups[group] = [measure_run(folder, arguments.num_samples, x_test) for folder in folders]
+    text = table(groups, rates)
+    if arguments.ablation:
+        with_gan = [reconstruction_columns(lsgm.load(checkpoint_of(f)), x_test) for f in arguments.ldm]
+        without = [reconstruction_columns(lsgm.load(checkpoint_of(f)), x_test) for f in arguments.ablation]
+        text += ("\n\n| first stage | runs | rFD | RMSE |\n|---|---:|---:|---:|\n" + "\n".join(
+            f"| {name} | {len(rows)} | {spread([r['rfd'] for r in rows])} | {spread([r['rmse'] for r in rows])} |"
+            for name, rows in (("L1 + perceptual + patch-GAN", with_gan), ("L1 + perceptual", without))))
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    (arguments.out / "ldm_vs_lsgm.md").write_text(text + "\n")
+    (arguments.out / "ldm_vs_lsgm.json").write_text(json.dumps({"groups": groups, "rates": rates}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
