@@ -254,7 +254,12 @@ def main(cfg) -> dict:
     with RunLogger(out, mode=mode, project=log_cfg.get("project", "lsgm"), group=log_cfg.get("group"),
                    name=f"{Path(cfg.ckpt).resolve().parent.parent.name}-eval",
                    tags=["eval"], config=OmegaConf.to_container(cfg)) as logger:
-        if "nll" in cfg.tasks:
+        if "nll" in cfg.tasks and not model.has_likelihood:  # an LDM: its decoder is not a likelihood
+            rmse = torch.cat([model.reconstruction_error(batch) for batch in x.split(cfg.batch_size)])
+            summary["reconstruction_rmse"] = rmse.mean().item()
+            print(f"nll: a {model.kind} model has no likelihood; reconstruction RMSE {rmse.mean().item():.4f} "
+                  f"± {(rmse.std() / len(rmse) ** 0.5).item():.4f} ([−1, 1] units)")
+        elif "nll" in cfg.tasks:
             summary.update(run_nll(model, x, cfg, out))
         if "bound" in cfg.tasks:
             if not isinstance(model, ScoreModel):
