@@ -251,3 +251,23 @@ def test_evaluate_runs_every_task_on_an_ldm(tmp_path):
     assert summary["bound_latent_prior_bits_per_dim"] > 0 and summary["quality_digits_fd"] > 0
     rows = (tmp_path / "eval" / "rate_distortion.csv").read_text().splitlines()
     assert len(rows) == 1 + 12
+
+
+def test_repaint_and_interpolation_run_through_the_ldm_latents():
+    from lsgm.apps.inpaint import inpaint
+    from lsgm.apps.interpolate import interpolate
+
+    model = tiny_model()
+    model.prepare_prior(digits(), None)
+    x = load_dataset("digits", split="test").x[:3]
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., :, 4:] = 0
+    completed = inpaint(model, x, mask, t_T=10, jump_length=2, jump_n_sample=2, seed=0)
+    assert torch.equal(completed[..., :4], x[..., :4])  # the known pixels are kept
+    assert torch.equal(completed, model.to_data_grid(completed)) and not torch.equal(completed, x)
+    with pytest.raises(ValueError, match="a ldm model has none"):
+        inpaint(model, x, mask, t_T=10, consistency_steps=5)
+    frames = interpolate(model, x[:2], x[1:3], t=0, lambdas=[0.0, 0.5, 1.0], seed=0)
+    assert frames.shape == (2, 3, 1, 8, 8)
+    reconstructions = model.to_data_grid(model.decode(model.encode(x, mean=True)))
+    assert torch.equal(frames[:, 0], reconstructions[:2]) and torch.equal(frames[:, 2], reconstructions[1:3])
