@@ -28,7 +28,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from .paths import config_dir
+
 BAD_INPUT, DIVERGED, INTERRUPTED = 2, 3, 4
 
 
@@ -108,8 +109,9 @@ def first_line(error: BaseException) -> str:
 
 
 def sampler_defaults(name: str) -> dict:
-    """The options of configs/sampler/<name>.yaml (the same defaults training uses), or {} if there is none."""
-    path = CONFIG_DIR / "sampler" / f"{name}.yaml"
+    """The options of configs/sampler/<name>.yaml (the same defaults training uses; the installed copy outside a
+    clone, `lsgm.config_dir`), or {} if there is none."""
+    path = config_dir() / "sampler" / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path).get("options", {})) if path.is_file() else {}
 
 
