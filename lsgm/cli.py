@@ -52,7 +52,7 @@ def parse_arguments(defaults: dict, argv: list[str] | None = None, program: str 
     """The defaults merged with `key=value` arguments; `--help` prints the defaults and exits."""
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
-        print(f"usage: python -m {program} key=value ...\n\ndefaults:\n{OmegaConf.to_yaml(defaults)}")
+        print(f"usage: {invocation(program)} key=value ...\n\ndefaults:\n{OmegaConf.to_yaml(defaults)}")
         raise SystemExit(0)
     bad = [arg for arg in argv if "=" not in arg]
     if bad:
@@ -70,6 +70,12 @@ def parse_arguments(defaults: dict, argv: list[str] | None = None, program: str 
     if missing:
         raise UsageError(f"missing required argument(s): {', '.join(f'{k}=...' for k in missing)}")
     return merged
+
+
+def invocation(program: str) -> str:
+    """How a user runs `program`: a module (lsgm.sample) as `python -m lsgm.sample`, a console script (lsgm-sample)
+    by its name."""
+    return f"python -m {program}" if "." in program else program
 
 
 def parse_argument(argument: str) -> DictConfig:
