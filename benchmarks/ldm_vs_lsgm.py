@@ -16,7 +16,10 @@ Per row (a model group, one run folder per training seed; mean ± std over the s
 `--ablation RUN...` adds the rFD / RMSE of first stages trained without the adversarial terms
 (`autoencoder.loss.disc_factor=0`), against the `--ldm` runs' (with them).
 
-Writes ldm_vs_lsgm.md / .json into --out and prints the table.
+Every run's measurements are kept in --out/runs/ and reused by a later call with the same --out and
+--num-samples, so the slow part can run in several processes (`--skip-rates`, a group each) and one last call,
+on an otherwise idle machine, measures the rates and writes the table. Writes ldm_vs_lsgm.md / .json into --out
+and prints the table.
 """
 
 from __future__ import annotations
@@ -97,13 +100,31 @@ def measure_rates(config, steps: int) -> dict:
     return rates
 
 
-def measure_run(folder: Path, num_samples: int, x_test: torch.Tensor) -> dict:
+def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor) -> dict:
+    """`measure_run`'s row of a run folder, completed with the `nfes` columns it lacks; kept in --out/runs/ (a row
+    measured with another --num-samples is measured anew)."""
+    path = out / "runs" / (str(folder.resolve()).strip("/").replace("/", "__") + ".json")
+    row = json.loads(path.read_text()) if path.is_file() else None
+    if row is not None and row.get("num_samples") == num_samples and all(f"fd_{n}" in row for n in nfes):
+        return row
+    row = measure_run(folder, num_samples, nfes, x_test,
+                      row if row is not None and row.get("num_samples") == num_samples else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, row: dict | None) -> dict:
+    """The run's test NLL, reconstruction columns and digits-FD at each of `nfes` missing from `row`."""
     model = lsgm.load(checkpoint_of(folder))
     seed = int(model.config.seed)
-    final = final_metrics(folder)
-    row = {"run": str(folder), "seed": seed, "kind": model.kind, "test_bpd": final.get("test_bpd"),
-           **reconstruction_columns(model, x_test)}
-    for nfe, (sampler, options) in SAMPLERS.items():
+    if row is None:
+        row = {"run": str(folder), "seed": seed, "kind": model.kind, "num_samples": num_samples,
+               "test_bpd": final_metrics(folder).get("test_bpd"), **reconstruction_columns(model, x_test)}
+    for nfe in nfes:
+        if f"fd_{nfe}" in row:
+            continue
+        sampler, options = SAMPLERS[nfe]
         start = time.perf_counter()
         images, _ = draw(model, num_samples, sampler, options, batch_size=num_samples, seed=seed)
         row[f"fd_{nfe}"] = sample_quality(images)["digits_fd"]
@@ -113,12 +134,13 @@ def measure_run(folder: Path, num_samples: int, x_test: torch.Tensor) -> dict:
 
 
 def spread(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    """mean ± std over the seeds; a value measured on fewer seeds than the row has says on how many."""
+    measured = [v for v in values if v is not None]
+    if not measured:
         return "—"
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+    text = (f"{measured[0]:.4g}" if len(measured) == 1
+            else f"{statistics.mean(measured):.4g} ± {statistics.stdev(measured):.2g}")
+    return text if len(measured) == len(values) else f"{text} ({len(measured)} seed{'s' * (len(measured) > 1)})"
 
 
 def table(groups: dict, rates: dict) -> str:
@@ -126,7 +148,7 @@ def table(groups: dict, rates: dict) -> str:
              "1000 NFE | train time (s, at the rates below) |", "|---|---:|---|---|---|---:|"]
     for group, rows in groups.items():
         seconds = rates[group]["train_seconds"]
-        fd = " / ".join(spread([row[f"fd_{nfe}"] for row in rows]) for nfe in SAMPLERS)
+        fd = " / ".join(spread([row.get(f"fd_{nfe}") for row in rows]) for nfe in SAMPLERS)
         recon = "—" if rows[0]["rfd"] is None else (f"{spread([r['rfd'] for r in rows])} / "
                                                      f"{spread([r['rmse'] for r in rows])}")
         lines.append(f"| {GROUPS[group]} | {len(rows)} | {spread([r['test_bpd'] for r in rows])} | {recon} | {fd} | "
@@ -148,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation", nargs="+", type=Path, default=[], metavar="RUN",
                         help="first stages trained with autoencoder.loss.disc_factor=0")
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--nfe", type=int, nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS),
+                        help="the digits-FD columns to measure (a later call can add the others)")
     parser.add_argument("--rate-steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-rates", action="store_true", help="measure the runs only (no table)")
     parser.add_argument("--out", type=Path, default=Path("."))
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -159,13 +184,18 @@ def main(argv: list[str] | None = None) -> None:
         folders = getattr(arguments, group)
         if not folders:
             continue
+        groups[group] = [cached(arguments.out, folder, arguments.num_samples, arguments.nfe, x_test)
+                         for folder in folders]
+        if arguments.skip_rates:
+            continue
         config = lsgm.load(checkpoint_of(folders[0])).config
         rate = measure_rates(config, arguments.rate_steps)
         steps = phase_steps(config)
         seconds = sum(steps[phase] / rate[phase] for phase in rate)
         rates[group] = {"rates": {"first": None, **rate}, "steps": steps, "train_seconds": seconds}
         print(f"{GROUPS[group]}: {steps} steps at {rate} steps/s: {seconds:.0f} s", file=sys.stderr, flush=True)
-        groups[group] = [measure_run(folder, arguments.num_samples, x_test) for folder in folders]
+    if arguments.skip_rates:
+        return
     text = table(groups, rates)
     if arguments.ablation:
         with_gan = [reconstruction_columns(lsgm.load(checkpoint_of(f)), x_test) for f in arguments.ldm]
