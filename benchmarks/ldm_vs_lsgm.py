@@ -4,8 +4,9 @@
     python benchmarks/ldm_vs_lsgm.py --ldm RUN --ablation NO_GAN_RUN      # rFD with and without the patch-GAN
 
 Per row (a model group, one run folder per training seed; mean ± std over the seeds):
-- test NLL: the run's own final evaluation (`test_bpd` in its metrics.jsonl: LSGM's ODE bound, DDPM's variational
-  bound); an LDM has none (its decoder is not a likelihood);
+- test NLL: `lsgm.evaluate.test_nll` of the whole test split (LSGM: k = `--nll-k` importance samples with the ODE
+  likelihood of the latents, rtol = atol = 1e-5; DDPM: its variational bound), bits/dim; an LDM has none (its
+  decoder is not a likelihood);
 - rFD / RMSE: digits-FD between the reconstructions D(E(x)) of the test split (posterior means, the decoder's mean,
   on the data's grid) and the test split itself, and their RMSE in [−1, 1] units (DDPM: no encoder);
 - digits-FD of `--num-samples` samples against the test split at 10 / 20 / 50 NFE (DPM-Solver++(2M), NFE = steps)
@@ -37,6 +38,7 @@ from omegaconf import OmegaConf
 
 import lsgm
 from lsgm.data import load_dataset
+from lsgm.evaluate import test_nll
 from lsgm.metrics.quality import sample_quality
 from lsgm.sample import draw
 from lsgm.train import Trainer
@@ -53,14 +55,12 @@ def checkpoint_of(folder: Path) -> Path:
     raise SystemExit(f"ldm_vs_lsgm: error: {folder} has no checkpoints/best.pt or last.pt")
 
 
-def final_metrics(folder: Path) -> dict:
-    """The last record of the run's metrics.jsonl that holds `test_bpd` (or `test_rmse`), else {}."""
-    found = {}
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "test_bpd" in record or "test_rmse" in record:
-            found = record
-    return found
+def test_bits_per_dim(model, x_test: torch.Tensor, k: int, seed: int) -> float | None:
+    """The model's test NLL bound in bits/dim (None for a model without a likelihood)."""
+    if not model.has_likelihood:
+        return None
+    torch.manual_seed(seed)
+    return test_nll(model, x_test, k=k, batch_size=360, rtol=1e-5, atol=1e-5).bpd
 
 
 @torch.no_grad()
@@ -100,27 +100,28 @@ def measure_rates(config, steps: int) -> dict:
     return rates
 
 
-def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor) -> dict:
+def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int) -> dict:
     """`measure_run`'s row of a run folder, completed with the `nfes` columns it lacks; kept in --out/runs/ (a row
     measured with another --num-samples is measured anew)."""
     path = out / "runs" / (str(folder.resolve()).strip("/").replace("/", "__") + ".json")
     row = json.loads(path.read_text()) if path.is_file() else None
     if row is not None and row.get("num_samples") == num_samples and all(f"fd_{n}" in row for n in nfes):
         return row
-    row = measure_run(folder, num_samples, nfes, x_test,
+    row = measure_run(folder, num_samples, nfes, x_test, k,
                       row if row is not None and row.get("num_samples") == num_samples else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))
     return row
 
 
-def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, row: dict | None) -> dict:
+def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int,
+                row: dict | None) -> dict:
     """The run's test NLL, reconstruction columns and digits-FD at each of `nfes` missing from `row`."""
     model = lsgm.load(checkpoint_of(folder))
     seed = int(model.config.seed)
     if row is None:
         row = {"run": str(folder), "seed": seed, "kind": model.kind, "num_samples": num_samples,
-               "test_bpd": final_metrics(folder).get("test_bpd"), **reconstruction_columns(model, x_test)}
+               "test_bpd": test_bits_per_dim(model, x_test, k, seed), **reconstruction_columns(model, x_test)}
     for nfe in nfes:
         if f"fd_{nfe}" in row:
             continue
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS),
                         help="the digits-FD columns to measure (a later call can add the others)")
     parser.add_argument("--rate-steps", type=int, default=40)
+    parser.add_argument("--nll-k", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-rates", action="store_true", help="measure the runs only (no table)")
     parser.add_argument("--out", type=Path, default=Path("."))
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         folders = getattr(arguments, group)
         if not folders:
             continue
-        groups[group] = [cached(arguments.out, folder, arguments.num_samples, arguments.nfe, x_test)
+        groups[group] = [cached(arguments.out, folder, arguments.num_samples, arguments.nfe, x_test, arguments.nll_k)
                          for folder in folders]
         if arguments.skip_rates:
             continue
