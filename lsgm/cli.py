@@ -148,6 +148,12 @@ def seed(value, name: str = "seed") -> int:
     return value
 
 
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be true or false, got {plain(value)!r}")
+    return value
+
+
 def optional_positive_integer(value, name: str) -> int | None:
     return None if value is None else positive_integer(value, name)
 

@@ -3,7 +3,8 @@
 Each model kind gives its own NLL bound per image in nats (`model.nll`, see `lsgm.models`): LSGM's importance-
 weighted bound with the ODE likelihood of the latents, the VAE's importance-weighted bound, the ODE likelihood of
 dequantized pixels, DDPM's variational bound. Bits/dim = nats/(D ln 2), D = C·H·W; the reported error is the
-standard error of the mean over test images.
+standard error of the mean over test images. The NLL, the progressive-coding chain and the sampling show progress
+bars on stderr (`lsgm.progress`; `progress=false` on the command line: none).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .metrics import plots
 from .metrics.quality import sample_quality
 from .models import ScoreModel
 from .models.base import nats_to_bits_per_dim
+from .progress import progress_bar
 from .sample import check_memory, check_sampler, check_sampler_options, draw, with_defaults, write_samples
 
 
@@ -67,24 +69,29 @@ class NLLResult:
         return nats_to_bits_per_dim(spread, self.dims).item()
 
 
-def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, **ode_options) -> NLLResult:
-    """The NLL bound of every image in x, batch by batch (see the module docstring for the bound used)."""
+def test_nll(model, x: torch.Tensor, k: int = 1, batch_size: int = 128, progress: bool = True,
+             **ode_options) -> NLLResult:
+    """The NLL bound of every image in x, batch by batch (see the module docstring for the bound used), with a
+    progress bar over the images unless `progress` is false."""
     model.eval()
     nats, nfe = [], 0
-    for batch in x.split(batch_size):
-        values, calls = model.nll(batch, k, **ode_options)
-        nats.append(values)
-        nfe += calls
+    with progress_bar(progress, total=len(x), desc="test NLL", unit="image") as bar:
+        for batch in x.split(batch_size):
+            values, calls = model.nll(batch, k, **ode_options)
+            nats.append(values)
+            nfe += calls
+            bar.update(len(batch))
     return NLLResult(torch.cat(nats).cpu(), x[0].numel(), nfe)
 
 
 # --- progressive coding -----------------------------------------------------------------------------------------
 @torch.no_grad()
-def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
-                            generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000, generator: torch.Generator | None = None,
+                            progress: bool = True) -> list[torch.Tensor]:
     """x̂_0 along one progressive-decoding chain (DDPM Alg. 4's receiver): x_T ~ q(x_T|x_0), then
     x_{t−1} ~ q(x_{t−1}|x_t, x_0); at each of `steps` the prediction x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t, in data
-    space (decoded for LSGM). Returns one (B, C, H, W) tensor per step, in the order of `steps`."""
+    space (decoded for LSGM). Returns one (B, C, H, W) tensor per step, in the order of `steps`; a progress bar
+over the chain's steps unless `progress` is false."""
     schedule = model.chain(T)
     eps_fn = model.discrete_eps_fn(schedule)
     x0 = model.encode(x)
@@ -92,7 +99,7 @@ def progressive_predictions(model, x: torch.Tensor, steps, T: int = 1000,
     noise = lambda: torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # noqa: E731
     x_t = schedule.q_sample(x0, schedule.T, noise())
     predictions = {}
-    for t in range(schedule.T, 0, -1):
+    for t in progress_bar(progress, iterable=range(schedule.T, 0, -1), desc="progressive coding", unit="step"):
         step = torch.full((x0.shape[0],), t, device=x0.device)
         if t in wanted:
             x0_hat = schedule.x0_from_eps(x_t, step, eps_fn(x_t, step))
@@ -114,6 +121,7 @@ DEFAULTS = {
     "device": "auto",
     "out": None,             # default: <run folder>/eval
     "logger": None,          # default: the run's (wandb offline); none disables wandb
+    "progress": True,        # progress bars on stderr
     "nll": {"k": 4, "rtol": 1e-5, "atol": 1e-5, "repeats": 1},
     "bound": {"T": 1000, "num_steps": None, "batch_size": 4096,
               "report_steps": [1000, 900, 500, 100, 1], "progressive_images": 8},
@@ -138,7 +146,7 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 def run_nll(model, x, cfg, out: Path) -> dict:
     options = plain(cfg.nll)
-    result = test_nll(model, x, k=options.pop("k"), batch_size=cfg.batch_size, **options)
+    result = test_nll(model, x, k=options.pop("k"), batch_size=cfg.batch_size, progress=cfg.progress, **options)
     summary = {"nll_bits_per_dim": result.bpd, "nll_bits_per_dim_stderr": result.bpd_stderr, "nll_nfe": result.nfe,
                "nll_images": x.shape[0]}
     (out / "nll.json").write_text(json.dumps(summary, indent=2))
@@ -159,7 +167,7 @@ def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
               "rate_distortion": plots.plot_rate_distortion(table, out / "rate_distortion.png")}
     shown = x[: options.progressive_images]
     steps = sorted({s for s in options.report_steps if s <= table.T}, reverse=True)  # coding order: t = T first
-    predictions = progressive_predictions(model, shown, steps, options.T, generator)
+    predictions = progressive_predictions(model, shown, steps, options.T, generator, cfg.progress)
     labels = [f"t = {step}" for step in steps] + ["original"]
     images["progressive"] = plots.save_progressive_grid([*predictions, shown], out / "progressive.png", labels)
     (out / "bound.json").write_text(json.dumps(summary, indent=2))
@@ -178,7 +186,7 @@ def quality_sampler(model, options) -> tuple[str, dict]:
 def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
     options = cfg.quality
     sampler, sampler_options = quality_sampler(model, options)
-    images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed)
+    images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed, progress=cfg.progress)
     npz, png = write_samples(images, model.levels, out / "samples.npz")
     metrics = sample_quality(images, data=model.config.data.name, root=model.config.data.root,
                              inception_weights=options.inception_weights, device=device)
@@ -198,6 +206,7 @@ def check_arguments(cfg) -> None:
     cli.optional_positive_integer(cfg.max_images, "max_images")
     cli.positive_integer(cfg.batch_size, "batch_size")
     cli.seed(cfg.seed)
+    cli.boolean(cfg.progress, "progress")
     if cfg.out is not None:
         cli.output_folder(cfg.out, "out")
     if cfg.logger is not None:

@@ -5,7 +5,8 @@ N×C×H×W integers in 0..levels−1, then `levels` — with a PNG grid beside i
 write x.npz and x.png); prints the NFE and the two paths. Sampler options default to
 configs/sampler/<name>.yaml and are overridden by `options.<key>=value`.
 A class-conditional model takes `condition.class=3 guidance=2.0` (classifier-free guidance scale;
-0 is the unconditional model, 1 the conditional one). Every argument is checked before the model loads.
+0 is the unconditional model, 1 the conditional one). A progress bar counts the sampler's steps on stderr
+(`progress=false`: none). Every argument is checked before the model loads.
 Exit status (`lsgm.cli`): 0 done, 2 bad input, 3 sampling diverged, 4 interrupted.
 """
 
@@ -25,6 +26,7 @@ from .build import load
 from .cli import UsageError, run, sampler_defaults
 from .data import checks, to_levels
 from .images import save_image_grid, upscale_factor
+from .progress import progress_bar
 
 DEFAULTS = {
     "ckpt": "???",
@@ -38,25 +40,36 @@ DEFAULTS = {
     "out": "samples.npz",
     "condition": {"class": None},
     "guidance": 1.0,
+    "progress": True,
 }
+ADAPTIVE_SAMPLERS = ("ode",)  # steps chosen by the solver: their number is not known in advance
 
 
 def draw(model, num_samples: int, sampler: str, options: dict, temperature: float = 1.0, batch_size: int = 256,
-         seed: int = 0, y: torch.Tensor | None = None, guidance: float = 1.0) -> tuple[torch.Tensor, int]:
+         seed: int = 0, y: torch.Tensor | None = None, guidance: float = 1.0,
+         progress: bool = True) -> tuple[torch.Tensor, int]:
     """`num_samples` images in [−1, 1] in batches, reproducible from `seed` (the sampler's noise and the decoder's,
     which uses the global generator, seeded here and restored after), conditioned on labels y (N,) if given;
-    returns (images, NFE of one batch)."""
+    returns (images, NFE of one batch). A progress bar (`lsgm.progress`) counts the sampler's steps through its
+    callback, which leaves the samples as they are; its total is known after the first batch, except for the
+    adaptive ODE, whose count is of network evaluations."""
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     images, nfe = [], 0
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    batches = math.ceil(num_samples / batch_size)
+    bar = progress_bar(progress, desc=f"sampling ({sampler}, {batches} batch{'es' if batches > 1 else ''})",
+                       unit="step")
+    with bar, torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
             labels = None if y is None else y[start:start + count]
             batch, nfe = model.sample(count, sampler=sampler, temperature=temperature, generator=generator, y=labels,
-                                      guidance=guidance, **options)
+                                      guidance=guidance, callback=lambda _: bar.update(), **options)
             images.append(batch.cpu())
+            if start == 0 and sampler not in ADAPTIVE_SAMPLERS:
+                bar.total = bar.n * batches
+                bar.refresh()
     return torch.cat(images), nfe
 
 
@@ -178,6 +191,7 @@ def check_arguments(cfg) -> None:
     cli.positive_number(cfg.temperature, "temperature")
     cli.finite_number(cfg.guidance, "guidance")
     cli.seed(cfg.seed)
+    cli.boolean(cfg.progress, "progress")
     check_sampler(cfg.sampler)
     cli.mapping(cfg.options, "options", "options.steps=20")
     label = cli.mapping(cfg.condition, "condition", "condition.class=3")["class"]
@@ -204,7 +218,7 @@ def main(cfg) -> None:
     label = cfg.condition["class"]
     y = None if label is None else torch.full((cfg.num_samples,), int(label), dtype=torch.long)
     images, nfe = draw(model, cfg.num_samples, cfg.sampler, options, cfg.temperature, cfg.batch_size, cfg.seed,
-                       y, cfg.guidance)
+                       y, cfg.guidance, cfg.progress)
     npz, png = write_samples(images, model.levels, cfg.out)
     print(f"{cfg.num_samples} samples with {cfg.sampler} ({nfe} network evaluations per batch): {npz}, grid {png}")
 
