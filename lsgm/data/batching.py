@@ -77,6 +77,15 @@ def batches(
         yield Batch(dataset.x[rows], None if dataset.y is None else dataset.y[rows])
 
 
+FLIP_STREAM = 0x666C6970  # "flip": keeps the flips' seeds apart from the epoch orders' [seed, epoch]
+
+
+def flip_horizontally(x: torch.Tensor, generator: np.random.Generator, probability: float = 0.5) -> torch.Tensor:
+    """x (N, C, H, W) with each image mirrored along its width with `probability`, drawn from `generator`."""
+    flip = torch.from_numpy(generator.random(x.shape[0]) < probability).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 class BatchStream:
     """An endless, resumable stream of shuffled full batches for step-based training.
 
@@ -84,6 +93,10 @@ class BatchStream:
     world_size)``, then epoch e + 1 begins. The order depends only on (seed, epoch), so
     ``state_dict()`` = {"epoch", "position"} (position: batches already served this epoch) is all a
     checkpoint needs; ``load_state_dict`` continues the same sequence of batches.
+
+    A dataset with ``random_flip`` has each image of a batch mirrored left-right (the width axis) with
+    probability 1/2, drawn from a generator seeded by (seed, epoch, position, rank) alone, so a resumed stream
+    serves the same flipped batches too.
     """
 
     def __init__(
@@ -117,8 +130,15 @@ class BatchStream:
         if batch is None:
             self.epoch, self.position, self._epoch_batches = self.epoch + 1, 0, None
             return next(self)
+        if self.dataset.random_flip:
+            batch = Batch(flip_horizontally(batch.x, self._flip_generator()), batch.y)
         self.position += 1
         return batch
+
+    def _flip_generator(self) -> np.random.Generator:
+        """The flips' generator of the batch about to be served: its own stream (FLIP_STREAM) of this rank at
+        (seed, epoch, position), apart from the epoch's order."""
+        return np.random.default_rng([self.seed, self.epoch, self.position, self.rank, FLIP_STREAM])
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands: the epoch, and how many of its batches were served."""

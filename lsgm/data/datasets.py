@@ -39,7 +39,8 @@ class ImageDataset:
 
     ``x``: float tensor (N, C, H, W), images in [-1, 1]; ``y``: int64 labels (N,) or None; ``levels``: the
     number of pixel levels (see :mod:`lsgm.data.levels`); ``num_classes``: the number of label classes or
-    None.
+    None; ``random_flip``: a training stream (:class:`~lsgm.data.batching.BatchStream`) mirrors each image
+    left-right with probability 1/2.
     """
 
     x: torch.Tensor
@@ -48,6 +49,7 @@ class ImageDataset:
     name: str
     split: str
     num_classes: int | None = None
+    random_flip: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,6 +70,7 @@ def load_dataset(
     root: str | Path | None = None,
     split: str = "train",
     val_fraction: float = 0.1,
+    random_flip: bool = False,
     **options,
 ) -> ImageDataset:
     """Load split ``train``, ``val`` or ``test`` of dataset ``name``.
@@ -76,7 +79,9 @@ def load_dataset(
     ``folder`` the image folder, ``npz`` the .npz file. ``val`` is the last ``round(val_fraction * n_train)``
     examples of the train partition and ``train`` the rest (``val_fraction=0`` keeps the whole train
     partition). ``options`` go to the format's reader (``READERS[name]``, e.g. ``binarize`` of
-    :func:`~lsgm.data.formats.read_mnist`); an unknown name, split or option raises DataError.
+    :func:`~lsgm.data.formats.read_mnist`); an unknown name, split or option raises DataError. ``random_flip``
+    (a data config's ``options: {random_flip: true}``, LSGM's CIFAR-10 recipe) marks the train split for random
+    horizontal flips in its training stream; val and test are never flipped.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -85,6 +90,7 @@ def load_dataset(
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise DataError(f"{name}: root must be a path, got {root!r}")
     checks.fraction(val_fraction, "val_fraction", upper_open=True)
+    checks.boolean(random_flip, "random_flip")
     partition = "test" if split == "test" else "train"
     arrays = _call_with_options(READERS[name], name, Path(root) if root is not None else None, partition, **options)
     rows = _split_rows(len(arrays.pixels), split, val_fraction)
@@ -96,6 +102,7 @@ def load_dataset(
         name=name,
         split=split,
         num_classes=arrays.num_classes,
+        random_flip=random_flip and split == "train",
     )
 
 
