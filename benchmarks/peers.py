@@ -144,11 +144,9 @@ def peer_run(run):
     return counted
 
 
-def karras_denoiser(eps_fn, vp: sde.SDE, times: torch.Tensor, sigmas: torch.Tensor, batch: int):
-    """k-diffusion's model D(x̃, σ̃) = x̃ − σ̃ ε(m_t x̃, t(σ̃)) for the σ̃'s of a grid: t and m_t are looked up for each
-    σ̃ (as k-diffusion passes it, in its dtype), as our samplers read them from the grid."""
-    mean_coeff, _ = vp.marginal(times.double())
-    table = {s: (t.expand(batch), m) for s, t, m in zip(sigmas.tolist(), times.to(sigmas.dtype), mean_coeff.tolist())}
+def karras_denoiser(eps_fn, table: dict):
+    """k-diffusion's model D(x̃, σ̃) = x̃ − σ̃ ε(m_t x̃, t(σ̃)), t and m_t looked up in a `sigma_table` for the σ̃ k-diffusion
+    passes, as our samplers read them from the grid."""
 
     def denoiser(x, sigma):
         s = float(sigma[0])
@@ -158,18 +156,25 @@ def karras_denoiser(eps_fn, vp: sde.SDE, times: torch.Tensor, sigmas: torch.Tens
     return denoiser
 
 
+def sigma_table(vp: sde.SDE, times: torch.Tensor, sigmas: torch.Tensor, batch: int) -> dict:
+    """σ̃_i (as a float of the sigmas' dtype, as k-diffusion passes them) ↦ (t_i as a (B,) tensor, m_i)."""
+    mean_coeff, _ = vp.marginal(times.double())
+    return {s: (t.expand(batch), m) for s, t, m in zip(sigmas.tolist(), times.to(sigmas.dtype), mean_coeff.tolist())}
+
+
 def karras_pair(kd, name: str, vp: sde.SDE, x_T: torch.Tensor, times: torch.Tensor):
     """ours `name` (heun, dpm2m) on `times` against k-diffusion's sampler on the sigmas σ̃_i = σ_i/m_i, 0."""
     peer = {"heun": kd.sample_heun, "dpm2m": kd.sample_dpmpp_2m}[name]
     mean_coeff, std = vp.marginal(times)
     sigmas = torch.cat([std / mean_coeff, torch.zeros(1, dtype=torch.float64)]).to(x_T.dtype)
+    table = sigma_table(vp, times, sigmas[:-1], x_T.shape[0])
     x_tilde = x_T / float(mean_coeff[0])
 
     def ours(eps_fn):
         return sampling.SAMPLERS[name](eps_fn, vp, x_T, times)
 
     def theirs(eps_fn):
-        return peer(karras_denoiser(eps_fn, vp, times, sigmas[:-1], x_T.shape[0]), x_tilde, sigmas, disable=True)
+        return peer(karras_denoiser(eps_fn, table), x_tilde, sigmas, disable=True)
 
     return ours, peer_run(theirs)
 
