@@ -17,14 +17,12 @@ import logging
 import math
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
 
@@ -38,6 +36,7 @@ from .evaluate import generate, test_nll, validation_bound
 from .guard import TrainingDiverged, UpdateGuard, check_train_config, weights_healthy
 from .log import RunLogger, drop_records_after
 from .models import LossOptions
+from .progress import progress_bar
 from .run_lock import RunLock
 
 log = logging.getLogger(__name__)  # hydra writes it to the console and to the run folder's train_joint.log
@@ -489,8 +488,7 @@ class Trainer:
         between logging steps (`log_every`), where they are read once."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         train = self.train_cfg
-        bar = tqdm(total=train.steps, initial=self.progress.step, disable=not self.context.is_main, dynamic_ncols=True,
-                   desc="train", mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a SLURM log: a line per 30 s
+        bar = progress_bar(self.context.is_main, total=train.steps, initial=self.progress.step, desc="train")
         running, start, first_step = None, time.time(), self.progress.step
         record: dict = {}
         try:
