@@ -5,11 +5,15 @@ weighted bound with the ODE likelihood of the latents, the VAE's importance-weig
 dequantized pixels, DDPM's variational bound. Bits/dim = nats/(D ln 2), D = C·H·W; the reported error is the
 standard error of the mean over test images. The NLL, the progressive-coding chain and the sampling show progress
 bars on stderr (`lsgm.progress`; `progress=false` on the command line: none).
+
+`python -m lsgm.evaluate` writes to its `out` folder nll.json, bound.json, quality.json, the plots, samples.npz,
+summary.json, and its tables through `RunLogger.log_table`: tables/rate_distortion.csv (a row per step of the
+progressive-coding chain), tables/nll.csv and tables/quality.csv (one row each), also logged to wandb as
+`wandb.Table`s (unless logger=none).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -129,12 +133,10 @@ DEFAULTS = {
 }
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def log_records(logger: RunLogger, name: str, records: list[dict]) -> Path:
+    """Records sharing their keys as the table `name` (columns: the keys; a row per record): tables/<name>.csv and a
+    wandb.Table at step 0, the evaluation's one step; returns the CSV's path."""
+    return logger.log_table(name, list(records[0]), [list(record.values()) for record in records], step=0)
 
 
 def _print_table(title: str, rows: list[dict]) -> None:
@@ -144,22 +146,26 @@ def _print_table(title: str, rows: list[dict]) -> None:
         print(" | ".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in row.values()))
 
 
-def run_nll(model, x, cfg, out: Path) -> dict:
+def run_nll(model, x, cfg, out: Path, logger: RunLogger) -> dict:
+    """The NLL bound of x: nll.json and the one-row table `nll`; returns its summary."""
     options = plain(cfg.nll)
     result = test_nll(model, x, k=options.pop("k"), batch_size=cfg.batch_size, progress=cfg.progress, **options)
     summary = {"nll_bits_per_dim": result.bpd, "nll_bits_per_dim_stderr": result.bpd_stderr, "nll_nfe": result.nfe,
                "nll_images": x.shape[0]}
     (out / "nll.json").write_text(json.dumps(summary, indent=2))
+    log_records(logger, "nll", [summary])
     print(f"NLL: {result.bpd:.4f} ± {result.bpd_stderr:.4f} bits/dim over {x.shape[0]} images "
           f"({result.nfe} ODE function evaluations)")
     return summary
 
 
-def run_bound(model, x, cfg, out: Path, generator) -> tuple[dict, dict]:
+def run_bound(model, x, cfg, out: Path, generator, logger: RunLogger) -> tuple[dict, dict]:
+    """The diffusion bound and progressive coding of x: bound.json, the table `rate_distortion` (a row per step) and
+    the plots; returns its summary numbers and plots."""
     options = cfg.bound
     summary, table = model.diffusion_bound(x, options.T, options.num_steps, options.batch_size, generator)
     rows = table.rows()
-    _write_csv(out / "rate_distortion.csv", rows)
+    log_records(logger, "rate_distortion", rows)
     report = [row for row in rows if row["step"] in set(options.report_steps)] or rows
     _print_table("progressive coding (rate in bits/dim received once x_t is known; RMSE on 0..levels−1)", report)
     print("bound: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
@@ -183,7 +189,9 @@ def quality_sampler(model, options) -> tuple[str, dict]:
     return sampler, check_sampler_options(model, sampler, merged, "quality.options")
 
 
-def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
+def run_quality(model, cfg, out: Path, device, logger: RunLogger) -> tuple[dict, dict]:
+    """Sample quality of the model's samples: samples.npz, quality.json and the one-row table `quality`; returns its
+    numbers and the sample grid."""
     options = cfg.quality
     sampler, sampler_options = quality_sampler(model, options)
     images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed, progress=cfg.progress)
@@ -192,6 +200,7 @@ def run_quality(model, cfg, out: Path, device) -> tuple[dict, dict]:
                              inception_weights=options.inception_weights, device=device)
     metrics = {**metrics, "sampler": sampler, "sampler_nfe": nfe, "num_samples": options.num_samples}
     (out / "quality.json").write_text(json.dumps(metrics, indent=2))
+    log_records(logger, "quality", [metrics])
     print("sample quality: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in metrics.items()))
     return {f"quality_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, {"samples": png}
@@ -269,16 +278,16 @@ def main(cfg) -> dict:
             print(f"nll: a {model.kind} model has no likelihood; reconstruction RMSE {rmse.mean().item():.4f} "
                   f"± {(rmse.std() / len(rmse) ** 0.5).item():.4f} ([−1, 1] units)")
         elif "nll" in cfg.tasks:
-            summary.update(run_nll(model, x, cfg, out))
+            summary.update(run_nll(model, x, cfg, out, logger))
         if "bound" in cfg.tasks:
             if not isinstance(model, ScoreModel):
                 print(f"bound: skipped (a {model.kind} model has no diffusion prior)")
             else:
-                numbers, pictures = run_bound(model, x, cfg, out, generator)
+                numbers, pictures = run_bound(model, x, cfg, out, generator, logger)
                 summary.update(numbers)
                 images.update(pictures)
         if "quality" in cfg.tasks:
-            numbers, pictures = run_quality(model, cfg, out, device)
+            numbers, pictures = run_quality(model, cfg, out, device, logger)
             summary.update(numbers)
             images.update(pictures)
         for name, path in images.items():

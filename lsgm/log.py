@@ -111,8 +111,10 @@ class RunLogger:
             self.wandb_run.log({name: self._wandb.Image(str(path))}, step=int(step))
         return path
 
-    def log_table(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
-        """Write a table as ``tables/<name>.csv`` and log it to wandb as ``wandb.Table``; return the
+    def log_table(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
+                  step: int | None = None) -> Path:
+        """Write a table as ``tables/<name>.csv`` and log it to wandb as ``wandb.Table`` at ``step``
+        (None: wandb's next step, which later ``log(..., step)`` calls must not go below); return the
         CSV's path."""
         rows = [list(row) for row in rows]
         path = self.run_dir / "tables" / f"{_file_stem(name)}.csv"
@@ -122,7 +124,7 @@ class RunLogger:
             writer.writerow(columns)
             writer.writerows(rows)
         if self.wandb_run is not None:
-            self.wandb_run.log({name: self._wandb.Table(columns=list(columns), data=rows)})
+            self.wandb_run.log({name: self._wandb.Table(columns=list(columns), data=rows)}, step=step)
         return path
 
     def summary(self, metrics: Mapping[str, object]) -> None:

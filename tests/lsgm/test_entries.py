@@ -57,15 +57,18 @@ def test_command_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.returncode == 2 and "valid" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path):
+def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path, monkeypatch):
+    """Every task's JSON and plots; the rate-distortion, NLL and quality tables as CSVs and, in the offline wandb run,
+    as wandb.Tables."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = OmegaConf.merge(OmegaConf.create(evaluate.DEFAULTS), OmegaConf.create({
-        "ckpt": str(tiny_checkpoint), "out": str(tmp_path), "logger": "none", "max_images": 12,
+        "ckpt": str(tiny_checkpoint), "out": str(tmp_path), "logger": "offline", "max_images": 12,
         "nll": {"k": 2, "rtol": 1e-3, "atol": 1e-3},
         "bound": {"num_steps": 24, "progressive_images": 3},
         "quality": {"num_samples": 32, "sampler": "heun", "options": {"steps": 3}},
     }))
     summary = evaluate.main(cfg)
-    for name in ("nll.json", "bound.json", "quality.json", "rate_distortion.csv", "samples.npz", "summary.json"):
+    for name in ("nll.json", "bound.json", "quality.json", "samples.npz", "summary.json"):
         assert (tmp_path / name).is_file(), name
     nll = json.loads((tmp_path / "nll.json").read_text())
     assert nll["nll_images"] == 12
@@ -76,8 +79,15 @@ def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path):
     assert nll["nll_bits_per_dim"] == pytest.approx(direct.bpd, rel=1e-5)
     bound = json.loads((tmp_path / "bound.json").read_text())
     assert bound["total_bits_per_dim"] > 0
-    rows = (tmp_path / "rate_distortion.csv").read_text().splitlines()
-    assert rows[0].startswith("step,") and len(rows) == 1 + 24
+    rows = (tmp_path / "tables" / "rate_distortion.csv").read_text().splitlines()
+    assert rows[0] == "step,reverse_steps,rate_bits_per_dim,distortion_rmse,term_bits_per_dim" and len(rows) == 1 + 24
+    rows = (tmp_path / "tables" / "nll.csv").read_text().splitlines()
+    assert rows[0] == "nll_bits_per_dim,nll_bits_per_dim_stderr,nll_nfe,nll_images" and len(rows) == 2
+    rows = (tmp_path / "tables" / "quality.csv").read_text().splitlines()
+    assert {"digits_fd", "sampler", "sampler_nfe", "num_samples"} <= set(rows[0].split(",")) and len(rows) == 2
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    tables = {path.name.rsplit("_", 2)[0] for path in (run / "files" / "media" / "table").glob("*.table.json")}
+    assert tables == {"rate_distortion", "nll", "quality"}
     assert Image.open(tmp_path / "bound_terms.png").size == (800, 500)
     assert Image.open(tmp_path / "rate_distortion.png").size == (1200, 400)
     # progressive grid: 3 images (rows) × (the original + 5 steps) (columns), 8x8 images upscaled 8x, 1 px padding

@@ -249,7 +249,7 @@ def test_evaluate_runs_every_task_on_an_ldm(tmp_path):
     assert summary["reconstruction_rmse"] == pytest.approx(model.reconstruction_error(x).mean().item(), rel=1e-5)
     assert "nll_bits_per_dim" not in summary
     assert summary["bound_latent_prior_bits_per_dim"] > 0 and summary["quality_digits_fd"] > 0
-    rows = (tmp_path / "eval" / "rate_distortion.csv").read_text().splitlines()
+    rows = (tmp_path / "eval" / "tables" / "rate_distortion.csv").read_text().splitlines()
     assert len(rows) == 1 + 12
 
 
