@@ -1,6 +1,7 @@
 """Sample quality against sampling cost: digits-FD of a trained digits model for each sampler and step count.
 
     python benchmarks/nfe_vs_quality.py CKPT [--num-samples 1000] [--threads 2] [--out DIR] [--samplers ENTRY ...]
+        [--wandb]
 
 Each sweep entry draws the same number of samples (`--num-samples`) with the same seed, so every sampler starts
 from the same latent noise z_1 and decodes with the same decoder noise: the rows differ only by the sampler.
@@ -30,7 +31,9 @@ row's mean H(p) is lower than a held-out split's would be, and its FD may overst
 
 Writes `nfe_vs_quality.csv` and `nfe_vs_quality.png` (digits-FD against NFE on a log axis, one marker per
 sampler family, the reference as a dashed line) into `--out` (default: <run folder>/eval, the run folder being
-the checkpoint's folder's parent), and prints a Markdown table as the rows come.
+the checkpoint's folder's parent), and prints a Markdown table as the rows come. With `--wandb`, the table and the
+plot also go to an offline wandb run in `--out` (its wandb/offline-run-*, in the training run's project and group;
+upload it with `wandb sync`): the table as a `wandb.Table` and tables/nfe_vs_quality.csv (`lsgm.log.RunLogger`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import lsgm
 from lsgm.checkpoint import CheckpointError
 from lsgm.cli import sampler_defaults
 from lsgm.data import load_dataset
+from lsgm.log import RunLogger
 from lsgm.metrics.plots import new_figure, save_figure
 from lsgm.metrics.quality import sample_quality
 from lsgm.sample import draw
@@ -248,6 +252,21 @@ def plot_fd_against_nfe(rows: list[dict], reference: dict, title: str, path: Pat
     return save_figure(figure, path)
 
 
+def log_to_wandb(rows: list[dict], plot: Path | None, out: Path, arguments: argparse.Namespace, model) -> None:
+    """The rows as the table `nfe_vs_quality` (and the plot, when there is one) in an offline wandb run in `out`,
+    in the project and group of the run that trained `model`."""
+    run_logger = model.config.logger
+    config = {"checkpoint": str(arguments.checkpoint), "num_samples": arguments.num_samples, "seed": arguments.seed,
+              "batch_size": arguments.batch_size, "samplers": arguments.samplers}
+    with RunLogger(out, mode="offline", project=run_logger.get("project") or "lsgm", group=run_logger.get("group"),
+                   name=f"{arguments.checkpoint.resolve().parent.parent.name}-nfe_vs_quality", job_type="benchmark",
+                   tags=["nfe_vs_quality"], config=config) as logger:
+        logger.log_table("nfe_vs_quality", COLUMNS, [[row[column] for column in COLUMNS] for row in rows], step=0)
+        if plot is not None:
+            logger.log_images("nfe_vs_quality_plot", plot, 0)
+    print(f"wandb: an offline run in {out / 'wandb'} (upload with wandb sync)")
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a digits run's checkpoint (e.g. runs/x/checkpoints/best.pt)")
@@ -258,6 +277,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="name[:key=value,...] entries or the groups default, stochastic (default: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the table and plot to an offline wandb run in the output folder")
     arguments = parser.parse_args(argv)
     try:
         arguments.sweep = expand_sweep(arguments.samplers)
@@ -299,9 +320,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print_row(row)
     csv_path = write_csv([reference, *rows], out / "nfe_vs_quality.csv")
     print(f"\n(H(p̄) is at most log 10 = {math.log(10):.3f} nats)\nwrote {csv_path}")
+    plot = None
     if rows:
         title = f"{run_folder.name}: {arguments.num_samples} samples per sampler, seed {arguments.seed}"
-        print(f"wrote {plot_fd_against_nfe(rows, reference, title, out / 'nfe_vs_quality.png')}")
+        plot = plot_fd_against_nfe(rows, reference, title, out / "nfe_vs_quality.png")
+        print(f"wrote {plot}")
+    if arguments.wandb:
+        log_to_wandb([reference, *rows], plot, out, arguments, model)
     return [reference, *rows]
 
 

@@ -41,9 +41,11 @@ def test_point_labels_show_equal_values_once(benchmark):
     assert benchmark.family_label("ddpm", [""]) == "ddpm"
 
 
-def test_sweep_writes_the_table_and_plot(benchmark, tiny_checkpoint, tmp_path):
+def test_sweep_writes_the_table_and_plot(benchmark, tiny_checkpoint, tmp_path, monkeypatch):
+    """The CSV and the plot; with --wandb the table also as a wandb.Table in an offline run in --out."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
     rows = benchmark.main([str(tiny_checkpoint), "--num-samples", "12", "--batch-size", "8", "--out", str(tmp_path),
-                           "--threads", str(torch.get_num_threads()),
+                           "--threads", str(torch.get_num_threads()), "--wandb",
                            "--samplers", "heun:steps=2", "dpm2m:steps=3", "ddim:steps=2", "ode:rtol=1e-2,atol=1e-2"])
     assert [row["sampler"] for row in rows] == [benchmark.REFERENCE, "heun", "dpm2m", "ddim", "ode"]
     assert [row["nfe"] for row in rows[1:4]] == [3, 3, 2]
@@ -54,3 +56,8 @@ def test_sweep_writes_the_table_and_plot(benchmark, tiny_checkpoint, tmp_path):
     assert float(written[1]["digits_fd"]) == pytest.approx(rows[1]["digits_fd"])
     with Image.open(tmp_path / "nfe_vs_quality.png") as image:
         assert image.size == (1000, 560)
+    table = (tmp_path / "tables" / "nfe_vs_quality.csv").read_text().splitlines()
+    assert table[0] == ",".join(benchmark.COLUMNS) and len(table) == 1 + len(rows)
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert [path.name.rsplit("_", 2)[0] for path in (run / "files" / "media" / "table").glob("*.table.json")] == [
+        "nfe_vs_quality"]
