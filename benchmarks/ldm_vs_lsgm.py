@@ -114,7 +114,7 @@ def measure_rates(config, steps: int) -> dict:
     return rates
 
 
-def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int) -> dict:
+def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int | None) -> dict:
     """`measure_run`'s row of a run folder, completed with the `nfes` columns it lacks; kept in --out/runs/ (a row
     measured with another --num-samples is measured anew)."""
     path = out / "runs" / (str(folder.resolve()).strip("/").replace("/", "__") + ".json")
@@ -128,14 +128,14 @@ def cached(out: Path, folder: Path, num_samples: int, nfes: list[int], x_test: t
     return row
 
 
-def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int,
+def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.Tensor, k: int | None,
                 row: dict | None) -> dict:
     """The run's test NLL, reconstruction columns and digits-FD at each of `nfes` missing from `row`."""
     model = lsgm.load(checkpoint_of(folder))
     seed = int(model.config.seed)
     if row is None:
         row = {"run": str(folder), "seed": seed, "kind": model.kind, "num_samples": num_samples,
-               "test_bpd": test_bits_per_dim(folder, model, x_test, k, seed), **reconstruction_columns(model, x_test)}
+               "test_bpd": None if k is None else test_bits_per_dim(folder, model, x_test, k, seed), **reconstruction_columns(model, x_test)}
     for nfe in nfes:
         if f"fd_{nfe}" in row:
             continue
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the digits-FD columns to measure (a later call can add the others)")
     parser.add_argument("--rate-steps", type=int, default=40)
     parser.add_argument("--nll-k", type=int, default=4)
+    parser.add_argument("--no-nll", nargs="*", default=[], choices=list(GROUPS), metavar="GROUP",
+                        help="groups whose NLL is not measured (a DDPM's bound costs T network calls an image)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-rates", action="store_true", help="measure the runs only (no table)")
     parser.add_argument("--out", type=Path, default=Path("."))
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         folders = getattr(arguments, group)
         if not folders:
             continue
-        groups[group] = [cached(arguments.out, folder, arguments.num_samples, arguments.nfe, x_test, arguments.nll_k)
+        k = None if group in arguments.no_nll else arguments.nll_k
+        groups[group] = [cached(arguments.out, folder, arguments.num_samples, arguments.nfe, x_test, k)
                          for folder in folders]
         if arguments.skip_rates:
             continue
