@@ -135,7 +135,8 @@ def measure_run(folder: Path, num_samples: int, nfes: list[int], x_test: torch.T
     seed = int(model.config.seed)
     if row is None:
         row = {"run": str(folder), "seed": seed, "kind": model.kind, "num_samples": num_samples,
-               "test_bpd": None if k is None else test_bits_per_dim(folder, model, x_test, k, seed), **reconstruction_columns(model, x_test)}
+               "test_bpd": None if k is None else test_bits_per_dim(folder, model, x_test, k, seed),
+               **reconstruction_columns(model, x_test)}
     for nfe in nfes:
         if f"fd_{nfe}" in row:
             continue
