@@ -271,3 +271,20 @@ def test_repaint_and_interpolation_run_through_the_ldm_latents():
     assert frames.shape == (2, 3, 1, 8, 8)
     reconstructions = model.to_data_grid(model.decode(model.encode(x, mean=True)))
     assert torch.equal(frames[:, 0], reconstructions[:2]) and torch.equal(frames[:, 2], reconstructions[1:3])
+
+
+def test_a_mask_condition_reaches_the_ldm_by_concatenation_on_its_latent_grid(tmp_path):
+    """condition=mask: the known pixels, pooled to the 4×4 latent grid, enter the score network as extra channels;
+    it trains through the trainer and samples given (images, mask)."""
+    trainer = train(ldm_config("condition=mask"), tmp_path)
+    trainer.close()
+    model = trainer.model.eval()
+    x = load_dataset("digits", split="test").x[:4]
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., 4:, :] = 0
+    inputs = model.condition_inputs((x, mask))
+    assert inputs["cond"].shape == (4, 2, 4, 4)  # [m ⊙ x, m] pooled from 8×8 to the latent grid
+    assert torch.allclose(inputs["cond"][:, 1, :2], torch.ones(4, 2, 4)) and inputs["cond"][:, 1, 2:].abs().max() == 0
+    images, nfe = model.sample(4, sampler="dpm2m", steps=3, y=(x, mask), guidance=2.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert images.shape == (4, 1, 8, 8) and nfe == 3
