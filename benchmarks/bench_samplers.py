@@ -122,6 +122,14 @@ def brownian_motions(shape, span: float, steps: int, levy_area: bool):
     }
 
 
+def benchmark_setup(batch: int, hidden: int, threads: int) -> tuple[sde.VPSDE, TinyEpsNet, torch.Tensor]:
+    """The sampler benchmarks' VP-SDE, network (seeded) and x_T (B, 4, 8, 8), on `threads` threads."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = TinyEpsNet(hidden=hidden).eval()
+    return sde.VPSDE(), net, torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
@@ -129,12 +137,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per sampler (median wall time)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    vp = sde.VPSDE()
-    net = TinyEpsNet(hidden=args.hidden).eval()
-    x_T = torch.randn(args.batch, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    vp, net, x_T = benchmark_setup(args.batch, args.hidden, args.threads)
     t_call_input = torch.full((args.batch,), 0.5)
 
     def bare_call():

@@ -53,7 +53,7 @@ import torch
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # run as a script, benchmarks/ is there already; imported (tests), it is put there
     sys.path.insert(0, HERE)
-from bench_samplers import TinyEpsNet, free_model  # noqa: E402
+from bench_samplers import benchmark_setup, free_model  # noqa: E402
 
 import sde  # noqa: E402
 from sde import sampling  # noqa: E402
@@ -376,12 +376,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="peers.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    vp = sde.VPSDE()
-    net = TinyEpsNet(hidden=args.hidden).eval()
-    x_T = torch.randn(args.batch, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    vp, net, x_T = benchmark_setup(args.batch, args.hidden, args.threads)
     found, missing = pairs(vp, x_T)
     lines = [f"batch {args.batch} × (4, 8, 8), hidden {args.hidden}, {args.threads} thread(s), {args.rounds} rounds; "
              + ", ".join(f"{k} {v}" for k, v in versions().items()), "",

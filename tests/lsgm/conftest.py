@@ -38,6 +38,27 @@ def tiny_config(*overrides: str):
         return compose("config", overrides=[*TINY, *overrides])
 
 
+def train(cfg, run_dir, stop_at=None, close: bool = True):
+    """A Trainer of `cfg` in `run_dir` after `fit()`, stopped as by a signal after step `stop_at`; closed (its run
+    folder released) unless `close=False`, e.g. to run its final evaluation first."""
+    from lsgm.train import Trainer
+
+    trainer = Trainer(cfg, run_dir)
+    if stop_at is not None:
+        step = trainer.train_step
+
+        def step_then_maybe_stop(x, y=None):
+            record = step(x, y)
+            trainer.stop_requested = trainer.progress.step == stop_at
+            return record
+
+        trainer.train_step = step_then_maybe_stop
+    trainer.fit()
+    if close:
+        trainer.close()
+    return trainer
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A trained-for-8-steps LSGM checkpoint on digits (best.pt of a tiny run)."""

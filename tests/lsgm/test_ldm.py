@@ -11,7 +11,7 @@ from lsgm.data import load_dataset
 from lsgm.models import LikelihoodUndefined
 from lsgm.train import Trainer
 
-from .conftest import CONFIG_DIR
+from .conftest import CONFIG_DIR, train
 
 TINY_LDM = [
     "logger=none",
@@ -95,21 +95,6 @@ def test_an_ldm_has_no_likelihood_and_says_so():
         model.nll(digits(4))
 
 
-def train(cfg, run_dir, stop_at=None):
-    trainer = Trainer(cfg, run_dir)
-    if stop_at is not None:
-        step = trainer.train_step
-
-        def step_then_maybe_stop(x, y=None):
-            record = step(x, y)
-            trainer.stop_requested = trainer.progress.step == stop_at
-            return record
-
-        trainer.train_step = step_then_maybe_stop
-    trainer.fit()
-    return trainer
-
-
 @pytest.mark.parametrize("regularizer", ["kl", "vq"])
 def test_two_stages_in_one_run_freeze_the_first_stage_and_resume_exactly(tmp_path, regularizer):
     """Stage 1 trains the autoencoder and (from disc_start) the discriminator; stage 2 changes neither, not even a
@@ -144,15 +129,14 @@ def test_two_stages_in_one_run_freeze_the_first_stage_and_resume_exactly(tmp_pat
     assert end["scale_factor"].item() != 1.0
 
     resumed_dir = tmp_path / "resumed"
-    train(cfg, resumed_dir, stop_at=3).close()
+    train(cfg, resumed_dir, stop_at=3)
     assert load_checkpoint(resumed_dir / "checkpoints" / "last.pt")["disc_optimizer"] is not None
     resumed = train(cfg, resumed_dir)
-    resumed.close()
     assert_same(end, weights(resumed.model), atol=1e-6)
 
 
 def test_the_final_evaluation_reports_the_reconstruction_error_and_samples(tmp_path):
-    trainer = train(ldm_config("train.eval_every=4"), tmp_path)
+    trainer = train(ldm_config("train.eval_every=4"), tmp_path, close=False)
     summary = trainer.final_evaluation()
     trainer.close()
     assert "test_bpd" not in summary and 0 < summary["test_rmse"] < 2
@@ -167,7 +151,6 @@ def test_the_final_evaluation_reports_the_reconstruction_error_and_samples(tmp_p
 
 def test_a_second_stage_starts_from_a_separate_first_stage_run(tmp_path):
     first = train(ldm_config("train.steps=4"), tmp_path / "first")
-    first.close()
     trained = {n: v for n, v in weights(first.model).items() if n.startswith("autoencoder.")}
     second = Trainer(ldm_config(f"train.first_stage={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
                                 "train.stage1_steps=0", "train.steps=2"), tmp_path / "second")
@@ -236,8 +219,7 @@ def test_evaluate_runs_every_task_on_an_ldm(tmp_path):
 
     from lsgm import evaluate
 
-    trainer = train(ldm_config("train.eval_every=4"), tmp_path / "run")
-    trainer.close()
+    train(ldm_config("train.eval_every=4"), tmp_path / "run")
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     cfg = OmegaConf.merge(OmegaConf.create(evaluate.DEFAULTS), OmegaConf.create({
         "ckpt": str(checkpoint), "out": str(tmp_path / "eval"), "logger": "none", "max_images": 12,
@@ -276,9 +258,7 @@ def test_repaint_and_interpolation_run_through_the_ldm_latents():
 def test_a_mask_condition_reaches_the_ldm_by_concatenation_on_its_latent_grid(tmp_path):
     """condition=mask: the known pixels, pooled to the 4×4 latent grid, enter the score network as extra channels;
     it trains through the trainer and samples given (images, mask)."""
-    trainer = train(ldm_config("condition=mask"), tmp_path)
-    trainer.close()
-    model = trainer.model.eval()
+    model = train(ldm_config("condition=mask"), tmp_path).model.eval()
     x = load_dataset("digits", split="test").x[:4]
     mask = torch.ones(1, 1, 8, 8)
     mask[..., 4:, :] = 0

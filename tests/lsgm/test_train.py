@@ -22,7 +22,7 @@ from lsgm.guard import TrainingDiverged
 from lsgm.run_lock import RunFolderBusy
 from lsgm.train import Trainer
 
-from .conftest import CONFIG_DIR, TINY, tiny_config
+from .conftest import CONFIG_DIR, TINY, tiny_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,22 +39,6 @@ def scale_loss(monkeypatch, trainer, name: str, factor: float):
 
     monkeypatch.setattr(trainer.model, "losses", scaled)
     return losses
-
-
-def train(cfg, run_dir, stop_at=None):
-    trainer = Trainer(cfg, run_dir)
-    if stop_at is not None:
-        step = trainer.train_step
-
-        def step_then_maybe_stop(x, y=None):
-            record = step(x, y)
-            trainer.stop_requested = trainer.progress.step == stop_at
-            return record
-
-        trainer.train_step = step_then_maybe_stop
-    trainer.fit()
-    trainer.close()
-    return trainer
 
 
 def test_resume_continues_the_same_trajectory(tmp_path):
