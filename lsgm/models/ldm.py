@@ -19,6 +19,7 @@ adversarial training), so the LDM has no NLL: `nll` raises and the trainer repor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -122,28 +123,30 @@ class LDM(ScoreModel):
         return (images - x).flatten(1).pow(2).mean(1).sqrt()
 
     # --- latents <-> data -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def frozen_autoencoder(self):
+        """The autoencoder in eval mode for the block (a VQ codebook must not move), its mode restored after."""
+        training = self.autoencoder.training
+        self.autoencoder.eval()
+        try:
+            yield
+        finally:
+            self.autoencoder.train(training)
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor, mean: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = scale_factor · E(x): the KL posterior's mean (mean=True) or a sample from `generator`, or the VQ
         pre-quantization latents, computed with the autoencoder in eval mode (its weights are frozen in stage 2 and
         a VQ codebook must not move)."""
-        training = self.autoencoder.training
-        self.autoencoder.eval()
-        try:
+        with self.frozen_autoencoder():
             return self.scale_factor * self.autoencoder.latents(x, sample=not mean, generator=generator)
-        finally:
-            self.autoencoder.train(training)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mean: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images D(z / scale_factor) (VQ: quantized first); the decoder is deterministic (`mean`, `generator`
         unused)."""
-        training = self.autoencoder.training
-        self.autoencoder.eval()
-        try:
+        with self.frozen_autoencoder():
             return self.autoencoder.decode(z / self.scale_factor)
-        finally:
-            self.autoencoder.train(training)
 
     def known_latents(self, mask: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
         """A latent cell is known when at least `threshold` of the pixels under it (f × f) are, in every channel."""
