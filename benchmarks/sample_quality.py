@@ -1,6 +1,7 @@
 """Sample quality at the same training budget: LSGM's samplers, its VAE's own prior and a pixel DDPM, over seeds.
 
     python benchmarks/sample_quality.py --lsgm RUN0 RUN1 RUN2 --ddpm RUN0 RUN1 RUN2 [--num-samples 1000] [--out DIR]
+        [--skip-ancestral]
     python benchmarks/sample_quality.py --lsgm RUN0 RUN1 RUN2                    # the LSGM and VAE rows only
     python benchmarks/sample_quality.py --train --seeds 0 1 2 --out DIR [hydra overrides...]  # train, then measure
 
@@ -268,7 +269,7 @@ def measure(runs_by_group: dict[str, list[Run]], arguments: argparse.Namespace) 
     outputs.add(references, table_row(REFERENCE, "", references[0]["options"], references, len(seeds)))
     for row in ROWS:
         runs = runs_by_group.get(row.group)
-        if runs:
+        if runs and not (arguments.skip_ancestral and row.entry.sampler == "ddpm"):
             measurements = measure_row(row, runs, arguments.num_samples, arguments.batch_size)
             cells = table_row(row.model, row.entry.sampler, row.entry.text, measurements, len(runs))
             outputs.add(measurements, cells)
@@ -292,6 +293,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=1000, help="samples per row and seed (and real images)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of the measurements")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--skip-ancestral", action="store_true",
+                        help="leave out the 1000-step ancestral rows (minutes a seed on a CPU)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every training (--train)")
     arguments = parser.parse_args(argv)
     if arguments.train == bool(arguments.lsgm or arguments.ddpm):

@@ -1,0 +1,88 @@
+"""benchmarks/score_prior_ablation.py: a fresh score prior per variant on a frozen VAE, end to end on a tiny run."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import tiny_config, train
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "score_prior_ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("score_prior_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def class_checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("class_run")
+    train(tiny_config("experiment=digits_class", "logger=none"), run_dir)
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def test_variants_parse_and_bad_ones_name_the_choices(ablation):
+    assert ablation.parse_variant("residual:cosine:drop_all_uniform") == ("residual", "cosine", "drop_all_uniform")
+    for bad, message in [("residual:cosine", "PARAMETERISATION:SDE:SCHEME"), ("fancy:vp:ll_iw", "residual, mixed"),
+                         ("mixed:nosuch:ll_iw", "no configs/sde/nosuch.yaml")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            ablation.parse_variant(bad)
+
+
+def test_fresh_prior_keeps_the_vae_and_its_inactive_channels(ablation, class_checkpoint):
+    import lsgm
+
+    trained = lsgm.load(class_checkpoint)
+    trained.active[:3] = 0.0  # as drop_inactive_var leaves it
+    mixed = ablation.fresh_prior(trained, "mixed", "geometric")
+    for name, value in trained.vae.state_dict().items():
+        assert torch.equal(mixed.vae.state_dict()[name], value), name
+    assert not any(p.requires_grad for p in mixed.vae.parameters())
+    assert torch.equal(mixed.active, trained.active)
+    assert torch.all(mixed.mixing_logit[:3] == -15.0) and torch.all(mixed.mixing_logit[3:] == -3.0)
+    assert ablation.fresh_prior(trained, "residual", "cosine").residual
+    pure = ablation.fresh_prior(trained, "net", "vp")
+    assert not pure.has_normal_base and torch.all(pure.active == 1.0)  # ε'_θ alone sees and predicts every channel
+    # a fresh network: the trained one's weights are not carried over
+    assert not all(torch.equal(a, b) for a, b in zip(pure.score_net.parameters(), trained.score_net.parameters()))
+
+
+def test_the_ablation_writes_a_table_with_the_bounds_and_every_variant(ablation, class_checkpoint, tmp_path):
+    ablation.main([str(class_checkpoint), "--variants", "residual:cosine:drop_all_uniform", "mixed:vp:ll_iw",
+                   "--steps", "2", "--per-class", "3", "--guidance", "1", "2", "--out", str(tmp_path)])
+    table = (tmp_path / "score_prior_ablation.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = ["posterior", "N(0, I)", "one Gaussian", "a Gaussian per class", "residual:cosine:drop_all_uniform",
+             "mixed:vp:ll_iw"]
+    assert [row.split(" | ")[0][2:] for row in rows] == names
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("| ").split("|")]
+        assert float(cells[3]) > 0  # a digits-FD
+        if cells[0] not in ("N(0, I)", "one Gaussian"):
+            assert all(0.0 <= float(cell) <= 1.0 for cell in cells[1:3])  # the requested-class fractions
+
+
+def test_a_gaussian_fit_draws_the_mean_and_covariance_of_its_latents(ablation):
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0], [0.0, 0.3, 0.7, 0.0], [0.2, 0.0, 0.0, 1.5]])
+    mean = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    latents = (torch.randn(20000, 4, dtype=torch.float64) @ mixing.T.double() + mean.double()).view(20000, 1, 2, 2)
+    draws = ablation.gaussian_draws(latents, 20000).flatten(1)
+    assert draws.shape == (20000, 4)
+    # two Monte-Carlo estimates in a row (the fit, then the draws' moments), each of N = 20000: the standard error of a
+    # mean is sqrt(c_ii / N) and of a covariance entry sqrt((c_ii c_jj + c_ij²) / N); allow 5 of both together
+    covariance = (mixing @ mixing.T).double()
+    variances = covariance.diagonal()
+    mean_tolerance = 5 * (2 * variances / 20000).sqrt()
+    covariance_tolerance = 5 * (2 * (variances[:, None] * variances[None, :] + covariance**2) / 20000).sqrt()
+    assert torch.all((draws.mean(0) - mean.double()).abs() < mean_tolerance)
+    assert torch.all((torch.cov(draws.T) - covariance).abs() < covariance_tolerance)
