@@ -2,6 +2,7 @@
 
     python benchmarks/score_prior_ablation.py CKPT [--variants residual:cosine:drop_all_uniform ...]
         [--steps 1000] [--lr 1e-3] [--guidance 1 2] [--per-class 50] [--seed 0] [--threads 1] [--out DIR]
+        [--set score.net.context_in_time=true ...]
 
 CKPT is an LSGM checkpoint (class-conditional for the accuracy columns: `experiment=digits_class`). Its VAE is
 frozen; for every variant `PARAMETERISATION:SDE:SCHEME` a fresh score network of the checkpoint's architecture (and
@@ -65,10 +66,12 @@ def parse_variant(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def fresh_prior(trained, parameterisation: str, sde_name: str):
-    """A new LSGM of the checkpoint's config with the chosen score parameterisation and SDE, a fresh score network and
-    condition, and the checkpoint's VAE (frozen) and active channels."""
-    config = OmegaConf.create(OmegaConf.to_container(trained.config))
+def fresh_prior(trained, parameterisation: str, sde_name: str, overrides: list[str] = ()):
+    """A new LSGM of the checkpoint's config (with `overrides`, dotlist `key=value` entries such as
+    `score.net.channels=128`) with the chosen score parameterisation and SDE, a fresh score network and condition, and
+    the checkpoint's VAE (frozen) and active channels."""
+    config = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(trained.config)), OmegaConf.from_dotlist(
+        list(overrides)))
     config.score.update(PARAMETERISATIONS[parameterisation])
     config.sde = OmegaConf.load(config_dir() / "sde" / f"{sde_name}.yaml")
     num_classes = trained.condition.num_classes if trained.condition is not None else None
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--per-class", type=int, default=50, help="samples of each class (100 a class: 1000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of every fresh score model (e.g. score.net.context_in_time=true)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="folder of the table (default: <run folder>/eval)")
     arguments = parser.parse_args(argv)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         print(name, row, flush=True)
     for parameterisation, sde_name, scheme in arguments.variants:
         torch.manual_seed(arguments.seed)
-        model = fresh_prior(trained, parameterisation, sde_name)
+        model = fresh_prior(trained, parameterisation, sde_name, arguments.set)
         start = time.perf_counter()
         train_prior(model, data.x, data.y, scheme, arguments.steps, arguments.lr, model.config.sde.t_eps,
                     torch.Generator().manual_seed(arguments.seed))

@@ -119,6 +119,8 @@ class ScoreNet(nn.Module):
         attn_resolutions: spatial sizes with attention (the middle block always attends).
         cond_channels: channels of a tensor concatenated to the input ("concat" conditioning).
         context_dim: width of cross-attention context tokens ("crossattn" conditioning).
+        context_in_time: also add a linear map of the mean context token to the time embedding, so that the
+            condition reaches every residual block (ADM's class embedding), not only the attention layers.
         time_scale: t ∈ [0, 1] is embedded as time_scale·t (1000 puts t = i/T on DDPM's step scale).
     """
 
@@ -134,6 +136,7 @@ class ScoreNet(nn.Module):
         num_heads: int = 4,
         cond_channels: int = 0,
         context_dim: int | None = None,
+        context_in_time: bool = False,
         time_scale: float = 1000.0,
     ):
         super().__init__()
@@ -145,6 +148,9 @@ class ScoreNet(nn.Module):
         temb_channels = 4 * channels
         self.temb = nn.Sequential(nn.Linear(channels, temb_channels), nn.SiLU(),
                                   nn.Linear(temb_channels, temb_channels))
+        if context_in_time and context_dim is None:
+            raise ValueError("context_in_time needs context tokens (context_dim): a class condition")
+        self.context_temb = nn.Linear(context_dim, temb_channels) if context_in_time else None
         self.base_channels = channels
         self.conv_in = nn.Conv2d(in_channels + cond_channels, channels, 3, padding=1)
         stage = lambda cin, cout, attend: Stage(  # noqa: E731
@@ -186,6 +192,10 @@ class ScoreNet(nn.Module):
                              f"got {tuple(x.shape)}")
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         temb = self.temb(timestep_embedding(t, self.base_channels, self.time_scale))
+        if self.context_temb is not None:
+            if context is None:
+                raise ValueError("this network adds its context to the time embedding: give context")
+            temb = temb + self.context_temb(context.mean(1))
         if self.cond_channels:
             x = torch.cat([x, cond], dim=1)
         h = self.conv_in(x)

@@ -9,7 +9,7 @@ from lsgm.build import load
 from lsgm.conditioning import ClassCondition, MaskCondition, random_masks
 from lsgm.models import PixelSGM
 from lsgm.sample import DEFAULTS, main
-from lsgm.score_net import ScoreNet
+from lsgm.score_net import ScoreNet, timestep_embedding
 from lsgm.train import Trainer
 
 from .conftest import tiny_config
@@ -31,6 +31,25 @@ def test_cross_attention_sees_the_context():
     other = net(x, t, context=context + 1.0)
     assert torch.equal(same, net(x, t, context=context))
     assert (same - other).abs().max() > 1e-3
+
+
+def test_context_in_time_adds_the_mean_token_to_the_time_embedding_of_every_block():
+    net = randomised(ScoreNet(2, 4, channels=8, num_res_blocks=1, attn_resolutions=(4,), context_dim=6,
+                              context_in_time=True))
+    x, t, context = torch.randn(3, 2, 4, 4), torch.rand(3), torch.randn(3, 2, 6)
+    seen = []
+    hooks = [block.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[1].clone()))
+             for block in net.modules() if type(block).__name__ == "ResBlock"]
+    net(x, t, context=context)
+    for hook in hooks:
+        hook.remove()
+    expected = net.temb(timestep_embedding(t, 8, net.time_scale)) + context.mean(1) @ net.context_temb.weight.T \
+        + net.context_temb.bias
+    assert len(seen) > 4 and all(torch.allclose(temb, expected, atol=1e-6) for temb in seen)
+    with pytest.raises(ValueError, match="give context"):
+        net(x, t)
+    with pytest.raises(ValueError, match="needs context tokens"):
+        ScoreNet(2, 4, channels=8, context_in_time=True)
 
 
 def test_concatenation_sees_the_conditioning_tensor():
