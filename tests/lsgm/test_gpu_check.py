@@ -1,24 +1,17 @@
 """benchmarks/gpu_check.py end to end with --tiny on the CPU (as CI runs it), and its table of device peaks."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+from ..conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("gpu_check") as module:
+        yield module
 
 
 def test_tiny_cpu_run_reports_every_measurement(gpu_check, tmp_path, capsys):

@@ -2,25 +2,18 @@
 
 import argparse
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "nfe_vs_quality.py"
+from ..conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("nfe_vs_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("nfe_vs_quality") as module:
+        yield module
 
 
 def test_entries_parse_to_sampler_options_and_groups_expand(benchmark):

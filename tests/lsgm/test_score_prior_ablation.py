@@ -1,26 +1,18 @@
 """benchmarks/score_prior_ablation.py: a fresh score prior per variant on a frozen VAE, end to end on a tiny run."""
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from ..conftest import benchmark_module
 from .conftest import tiny_config, train
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "score_prior_ablation.py"
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("score_prior_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("score_prior_ablation") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,6 @@ far below what any difference of method would give (a first-order step instead o
 grid point or a wrong final step change the output by 1e-3 or more).
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -21,7 +17,8 @@ import sde
 from sde import sampling
 from sde.gaussian import gaussian
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from ..conftest import benchmark_module
+
 VP = sde.VPSDE()
 OPS = 16
 U64, U32 = 2.0**-53, 2.0**-24
@@ -29,13 +26,8 @@ U64, U32 = 2.0**-53, 2.0**-24
 
 @pytest.fixture(scope="module")
 def peers():
-    added = str(BENCHMARKS) not in sys.path
-    spec = importlib.util.spec_from_file_location("peers", BENCHMARKS / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    if added and str(BENCHMARKS) in sys.path:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("peers") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
