@@ -7,8 +7,8 @@
 CKPT is an LSGM checkpoint (class-conditional for the accuracy columns: `experiment=digits_class`). Its VAE is
 frozen; for every variant `PARAMETERISATION:SDE:SCHEME` a fresh score network of the checkpoint's architecture (and
 a fresh condition encoder) learns the VAE's latents — a new posterior draw of a random train-split batch of 64 each
-step, AdamW at --lr, --steps steps, no EMA — and then draws 100 (or `--per-class` per class) samples per guidance
-scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`) stay inactive.
+step, AdamW at --lr, --steps steps, no EMA — and then draws `--per-class` samples of each class (default 50) per
+guidance scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`) stay inactive.
 
     PARAMETERISATION  residual  ε̂ = σ_t z_t + ε'_θ                       (score.residual=true)
                       mixed     ε̂ = (1 − α) σ_t z_t + α ε'_θ, ℓ at -3     (LSGM's mixed score, α learned)
@@ -44,6 +44,7 @@ from lsgm.build import build_model
 from lsgm.data import load_dataset
 from lsgm.metrics.digits_classifier import load_digits_classifier
 from lsgm.metrics.quality import class_probabilities, sample_quality
+from lsgm.models.latent import INACTIVE_LOGIT
 from lsgm.objective import denoising_terms
 from lsgm.paths import config_dir
 from lsgm.sample import draw
@@ -84,7 +85,7 @@ def fresh_prior(trained, parameterisation: str, sde_name: str, overrides: list[s
     model.active.copy_(trained.active)
     if model.mixing_logit is not None:
         with torch.no_grad():
-            model.mixing_logit[~trained.active.bool()] = -15.0  # LSGM's drop_inactive_var, as the checkpoint had it
+            model.mixing_logit[~trained.active.bool()] = INACTIVE_LOGIT  # drop_inactive_var, as the checkpoint had it
     return model
 
 

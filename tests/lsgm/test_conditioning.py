@@ -9,7 +9,7 @@ from lsgm.build import load
 from lsgm.conditioning import ClassCondition, MaskCondition, random_masks
 from lsgm.models import PixelSGM
 from lsgm.sample import DEFAULTS, main
-from lsgm.score_net import ScoreNet, timestep_embedding
+from lsgm.score_net import ResBlock, ScoreNet, timestep_embedding
 from lsgm.train import Trainer
 
 from .conftest import tiny_config
@@ -39,7 +39,7 @@ def test_context_in_time_adds_the_mean_token_to_the_time_embedding_of_every_bloc
     x, t, context = torch.randn(3, 2, 4, 4), torch.rand(3), torch.randn(3, 2, 6)
     seen = []
     hooks = [block.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[1].clone()))
-             for block in net.modules() if type(block).__name__ == "ResBlock"]
+             for block in net.modules() if isinstance(block, ResBlock)]
     net(x, t, context=context)
     for hook in hooks:
         hook.remove()

@@ -5,6 +5,8 @@ import argparse
 import pytest
 import torch
 
+from lsgm.models.latent import INACTIVE_LOGIT
+
 from ..conftest import benchmark_module
 from .conftest import tiny_config, train
 
@@ -40,8 +42,10 @@ def test_fresh_prior_keeps_the_vae_and_its_inactive_channels(ablation, class_che
         assert torch.equal(mixed.vae.state_dict()[name], value), name
     assert not any(p.requires_grad for p in mixed.vae.parameters())
     assert torch.equal(mixed.active, trained.active)
-    assert torch.all(mixed.mixing_logit[:3] == -15.0) and torch.all(mixed.mixing_logit[3:] == -3.0)
-    assert ablation.fresh_prior(trained, "residual", "cosine").residual
+    assert torch.all(mixed.mixing_logit[:3] == INACTIVE_LOGIT) and torch.all(mixed.mixing_logit[3:] == -3.0)
+    residual = ablation.fresh_prior(trained, "residual", "cosine", ["score.net.context_in_time=true"])
+    assert residual.residual and residual.score_net.context_temb is not None  # --set reaches the fresh network
+    assert residual.sde.marginal(torch.tensor([1.0]))[1].item() > 0.9999  # the cosine SDE's end (log-SNR −10)
     pure = ablation.fresh_prior(trained, "net", "vp")
     assert not pure.has_normal_base and torch.all(pure.active == 1.0)  # ε'_θ alone sees and predicts every channel
     # a fresh network: the trained one's weights are not carried over
