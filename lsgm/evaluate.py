@@ -271,7 +271,7 @@ def main(cfg) -> dict:
     summary, images = {}, {}
     with RunLogger(out, mode=mode, project=log_cfg.get("project", "lsgm"), group=log_cfg.get("group"),
                    name=f"{Path(cfg.ckpt).resolve().parent.parent.name}-eval",
-                   tags=["eval"], config=OmegaConf.to_container(cfg)) as logger:
+                   tags=["eval"], job_type="eval", config=OmegaConf.to_container(cfg)) as logger:
         if "nll" in cfg.tasks and not model.has_likelihood:  # an LDM: its decoder is not a likelihood
             rmse = torch.cat([model.reconstruction_error(batch) for batch in x.split(cfg.batch_size)])
             summary["reconstruction_rmse"] = rmse.mean().item()

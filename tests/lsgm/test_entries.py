@@ -58,9 +58,13 @@ def test_command_errors_are_one_line(tiny_checkpoint, tmp_path):
 
 
 def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path, monkeypatch):
-    """Every task's JSON and plots; the rate-distortion, NLL and quality tables as CSVs and, in the offline wandb run,
-    as wandb.Tables."""
+    """Every task's JSON and plots; the rate-distortion, NLL and quality tables as CSVs and, in the offline wandb run
+    (job_type "eval"), as wandb.Tables."""
+    import wandb
+
     monkeypatch.setenv("WANDB_SILENT", "true")
+    runs, init = [], wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: runs.append(kwargs) or init(**kwargs))
     cfg = OmegaConf.merge(OmegaConf.create(evaluate.DEFAULTS), OmegaConf.create({
         "ckpt": str(tiny_checkpoint), "out": str(tmp_path), "logger": "offline", "max_images": 12,
         "nll": {"k": 2, "rtol": 1e-3, "atol": 1e-3},
@@ -88,6 +92,7 @@ def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path, monkeyp
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     tables = {path.name.rsplit("_", 2)[0] for path in (run / "files" / "media" / "table").glob("*.table.json")}
     assert tables == {"rate_distortion", "nll", "quality"}
+    assert [run["job_type"] for run in runs] == ["eval"]
     assert Image.open(tmp_path / "bound_terms.png").size == (800, 500)
     assert Image.open(tmp_path / "rate_distortion.png").size == (1200, 400)
     # progressive grid: 3 images (rows) × (the original + 5 steps) (columns), 8x8 images upscaled 8x, 1 px padding
