@@ -12,8 +12,9 @@ For each k the reference row is the tightest setting (`--reference-tolerance`, `
 columns: its mean bits/dim; `Δ` = its mean minus the reference's, paired per image, ± the standard error of that
 mean difference over the images (what the setting adds to a test NLL: ODE bias plus probe noise, the reference's
 own noise included); `spread`, the standard deviation of the per-image differences (one image's error); the NFE of
-one solve (a batch of all the images × k); and the wall time per image. k changes the bound itself (a larger k is
-tighter), so the rows of different k are compared through their own references only.
+one solve (its batch: all the images × k × probes, as `ode_log_likelihood` stacks the probes); and the wall time
+per image. k changes the bound itself (a larger k is tighter), so rows of different k are compared through their
+own references only.
 
 Writes nll_tolerance.csv and nll_tolerance.md into `--out` (default: <run folder>/eval).
 
@@ -66,7 +67,7 @@ def measure(model, x: torch.Tensor, k: int, tolerance: float, probes: int, seed:
     result = test_nll(model, x, k=k, batch_size=len(x), progress=False, rtol=tolerance, atol=tolerance,
                       repeats=probes)
     seconds = time.perf_counter() - start
-    return result.nats / (result.dims * math.log(2)), result.nfe // probes, seconds / len(x)
+    return result.nats / (result.dims * math.log(2)), result.nfe, seconds / len(x)
 
 
 def row(k: int, tolerance: float, probes: int, bits: torch.Tensor, reference: torch.Tensor, nfe: int,

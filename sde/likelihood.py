@@ -8,7 +8,8 @@ d log p_t(x_t)/dt = −∇·f̃(x_t, t) (the instantaneous change of variables),
 
 integrated with torchdiffeq on the augmented state [x_t, ∫∇·f̃] (Song et al. 2021, App. D). ∇·ε is exact
 (one VJP per dimension, batched through vmap: small D only) or Hutchinson's estimate vᵀ(∂ε/∂x)v with a
-probe v fixed for one integration and drawn afresh for each repeat (one VJP per call). π is the SDE's prior.
+probe v fixed for one integration and drawn afresh for each repeat (one VJP per call; the repeats are stacked
+along the batch and integrated together). π is the SDE's prior.
 The integrations run on `uniform_grid(steps or 1, t_eps)` reversed (`solvers.ode_grid`: the two ends for the
 adaptive methods, `steps` equal steps for the fixed-step ones).
 """
@@ -27,7 +28,7 @@ PROBES = ("rademacher", "gaussian")
 
 
 class LogLikelihood(tuple):
-    """(logp, nfe): log p(x) in nats (B,) and the number of eps_fn calls over all repeats. It unpacks as a
+    """(logp, nfe): log p(x) in nats (B,) and the number of eps_fn calls (on all repeats at once). It unpacks as a
     pair; `.stderr` (B,) is the standard error of logp over the repeats (None for a single integration)."""
 
     def __new__(cls, logp: torch.Tensor, nfe: int, stderr: torch.Tensor | None = None):
@@ -96,8 +97,10 @@ def ode_log_likelihood(eps_fn, sde: SDE, x: torch.Tensor, divergence: str = "hut
     """log p(x) in nats per sample (B,) by the probability-flow ODE (module docstring), x taken at t_eps.
 
     Returns a `LogLikelihood`: `logp, nfe = ode_log_likelihood(...)`; with Hutchinson and repeats > 1, logp
-    is the mean over `repeats` integrations (fresh probe each) and `.stderr` its standard error. Exact
-    divergence is deterministic and takes repeats = 1. `steps` is for fixed-step torchdiffeq methods.
+    is the mean over `repeats` integrations (a fresh probe each) and `.stderr` its standard error. The repeats are
+    stacked along the batch and integrated in one solve (eps_fn must take any batch size, as an unconditional one
+    does): nfe counts calls on that (repeats · B) batch. Exact divergence is deterministic and takes repeats = 1.
+    `steps` is for fixed-step torchdiffeq methods.
     """
     check_choice(divergence, DIVERGENCES, "divergence")
     check_choice(probe, PROBES, "probe")
@@ -105,14 +108,13 @@ def ode_log_likelihood(eps_fn, sde: SDE, x: torch.Tensor, divergence: str = "hut
         raise ValueError(f"repeats must be >= 1, and 1 for the exact divergence; got {repeats}")
     times = ode_grid(method, steps, t_eps).flip(0)
     model = CountedModel(eps_fn)
-    estimates = []
-    for _ in range(repeats):
-        div_fn = _exact(x) if divergence == "exact" else _hutchinson(_probe(x, probe, generator))
-        state = (x, x.new_zeros(x.shape[0]))
-        x_1, integral = solve_ode(_AugmentedFlow(model, sde, div_fn), state, times, model, method, rtol, atol)
-        estimates.append(sde.prior_log_prob(x_1) + integral)
-    logp, _ = model.finish(torch.stack(estimates).mean(0), 1.0)
-    stderr = torch.stack(estimates).std(0) / math.sqrt(repeats) if repeats > 1 else None
+    stacked = x.repeat(repeats, *([1] * (x.dim() - 1))) if repeats > 1 else x
+    div_fn = _exact(stacked) if divergence == "exact" else _hutchinson(_probe(stacked, probe, generator))
+    state = (stacked, stacked.new_zeros(stacked.shape[0]))
+    x_1, integral = solve_ode(_AugmentedFlow(model, sde, div_fn), state, times, model, method, rtol, atol)
+    estimates = (sde.prior_log_prob(x_1) + integral).view(repeats, x.shape[0])
+    logp, _ = model.finish(estimates.mean(0), 1.0)
+    stderr = estimates.std(0) / math.sqrt(repeats) if repeats > 1 else None
     return LogLikelihood(logp, model.nfe, stderr)
 
 
