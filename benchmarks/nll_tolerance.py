@@ -5,7 +5,7 @@
 
 CKPT is a model with a likelihood (LSGM, a pixel SGM). Every row scores the same first `--images` test images with
 `lsgm.evaluate.test_nll` under one setting — rtol = atol = the tolerance, the mean of `probes` Hutchinson
-integrations (Rademacher probes; the exact divergence where the row says so), k importance samples — from the same
+integrations (Rademacher probes), k importance samples — from the same
 seed, so all rows of one k share their posterior draws and differ only by the ODE's error and the probes' noise.
 
 For each k the reference row is the tightest setting (`--reference-tolerance`, `--reference-probes`). A row's
