@@ -125,3 +125,23 @@ def test_class_conditional_training_and_sampling_command(tmp_path, capsys):
     samples = np.load(out)["samples"]
     assert samples.shape == (6, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
     assert "network evaluations" in capsys.readouterr().out
+
+
+def test_the_class_preset_trains_its_score_model_alone_on_the_frozen_vae(tmp_path):
+    """experiment=digits_class (README, "Conditioning through the latents"): stage 1 trains the VAE alone; after it
+    the VAE does not move while the score model, with the label in its time embedding, learns."""
+    trainer = Trainer(tiny_config("experiment=digits_class"), tmp_path)
+    try:
+        assert trainer.train_cfg.mode == "disjoint" and trainer.model.score_net.context_temb is not None
+        stage1 = trainer.train_cfg.stage1_steps
+        for step in range(stage1 + 2):
+            vae, score = [p.detach().clone() for p in trainer.vae_parameters], \
+                [p.detach().clone() for p in trainer.score_parameters]
+            batch = next(trainer.stream)
+            record = trainer.train_step(batch.x, batch.y)
+            vae_moved = any(not torch.equal(a, b) for a, b in zip(vae, trainer.vae_parameters))
+            score_moved = any(not torch.equal(a, b) for a, b in zip(score, trainer.score_parameters))
+            assert (record["phase"], vae_moved, score_moved) == (("vae", True, False) if step < stage1
+                                                                 else ("disjoint", False, True)), step
+    finally:
+        trainer.close()
