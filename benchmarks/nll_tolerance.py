@@ -96,9 +96,9 @@ def sweep(model, x: torch.Tensor, arguments: argparse.Namespace) -> list[dict]:
 
 
 def markdown(entry: dict) -> str:
-    delta = "reference" if entry["reference"] else f"{entry['delta']:+.4f} ± {entry['delta_stderr']:.4f}"
+    delta = "reference" if entry["reference"] else f"{entry['delta']:+.1e} ± {entry['delta_stderr']:.1e}"
     return (f"| {entry['k']} | {entry['tolerance']:.0e} | {entry['probes']} | {entry['bits_per_dim']:.4f} | {delta} "
-            f"| {entry['delta_spread']:.4f} | {entry['nfe']} | {entry['seconds_per_image'] * 1e3:.1f} |")
+            f"| {entry['delta_spread']:.1e} | {entry['nfe']} | {entry['seconds_per_image'] * 1e3:.1f} |")
 
 
 def write(rows: list[dict], out: Path, header: str) -> None:

@@ -23,8 +23,7 @@ class EMA:
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, parameter in self.parameters.items():
-            self.shadow[name].lerp_(parameter.detach(), 1 - decay)
+        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.parameters.values()], 1 - decay)
 
     @contextmanager
     def applied(self):

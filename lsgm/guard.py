@@ -63,15 +63,14 @@ class UpdateGuard:
         """‖θ_new − θ_old‖ / ‖θ_old‖ over all the parameters (0-d; 0 without a copy)."""
         if self.before is None:
             return torch.zeros(())
-        change = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p - b)
-                                                       for p, b in zip(self.parameters, self.before)]))
-        size = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b) for b in self.before]))
+        change = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(self.parameters,
+                                                                                             self.before))))
+        size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.before)))
         return change / size.clamp(min=1e-12)
 
     @torch.no_grad()
     def undo(self) -> None:
-        for parameter, before in zip(self.parameters, self.before):
-            parameter.copy_(before)
+        torch._foreach_copy_(self.parameters, self.before)
 
     def __exit__(self, *exception) -> None:
         self.before = None

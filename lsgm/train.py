@@ -134,10 +134,10 @@ class Trainer:
                                     spectral_weight=self.train_cfg.spectral_weight,
                                     norm_weight=self.train_cfg.norm_weight, betas=betas)
         self.vae_optimizer = make_optimizer(self.vae_parameters, self.fit_config) if self.vae_parameters else None
-        self.disc_optimizer = torch.optim.Adam(self.disc_parameters, lr=self.lr_disc, betas=betas) \
+        self.disc_optimizer = torch.optim.Adam(self.disc_parameters, lr=self.lr_disc, betas=betas, foreach=True) \
             if self.disc_parameters else None
         self.score_optimizer = torch.optim.AdamW(self._score_groups(score_named), lr=self.train_cfg.lr_score,
-                                                 weight_decay=self.train_cfg.weight_decay_score) \
+                                                 weight_decay=self.train_cfg.weight_decay_score, foreach=True) \
             if self.score_parameters else None
         self.ema = EMA(score_named, self.train_cfg.ema_decay)
         world = self.context.world_size
