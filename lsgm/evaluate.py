@@ -126,7 +126,7 @@ DEFAULTS = {
     "out": None,             # default: <run folder>/eval
     "logger": None,          # default: the run's (wandb offline); none disables wandb
     "progress": True,        # progress bars on stderr
-    "nll": {"k": 4, "rtol": 1e-5, "atol": 1e-5, "repeats": 1},
+    "nll": {"k": None, "rtol": None, "atol": None, "repeats": 1},  # null: the run's own train.final_eval (k, ode)
     "bound": {"T": 1000, "num_steps": None, "batch_size": 4096,
               "report_steps": [1000, 900, 500, 100, 1], "progressive_images": 8},
     "quality": {"num_samples": 1000, "sampler": None, "options": {}, "inception_weights": None},
@@ -146,9 +146,18 @@ def _print_table(title: str, rows: list[dict]) -> None:
         print(" | ".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in row.values()))
 
 
+def nll_settings(model, options: dict) -> dict:
+    """`nll` options with each null (k, rtol, atol) taken from the run's own final evaluation (`train.final_eval`:
+    k and its ODE tolerances, chosen by benchmarks/nll_tolerance.py), else k = 4 and 1e-5, so that `lsgm.evaluate`
+    reproduces the NLL its training run reported."""
+    final = plain(model.config.get("train", {})).get("final_eval") or {}
+    run = {"k": final.get("k", 4), **{key: final.get("ode", {}).get(key, 1e-5) for key in ("rtol", "atol")}}
+    return {**options, **{key: run[key] for key in run if options.get(key) is None}}
+
+
 def run_nll(model, x, cfg, out: Path, logger: RunLogger) -> dict:
     """The NLL bound of x: nll.json and the one-row table `nll`; returns its summary."""
-    options = plain(cfg.nll)
+    options = nll_settings(model, plain(cfg.nll))
     result = test_nll(model, x, k=options.pop("k"), batch_size=cfg.batch_size, progress=cfg.progress, **options)
     summary = {"nll_bits_per_dim": result.bpd, "nll_bits_per_dim_stderr": result.bpd_stderr, "nll_nfe": result.nfe,
                "nll_images": x.shape[0]}
@@ -226,9 +235,10 @@ def check_arguments(cfg) -> None:
 
 
 def check_nll_options(options: dict) -> None:
-    cli.positive_integer(options["k"], "nll.k")
-    cli.positive_number(options["rtol"], "nll.rtol")
-    cli.positive_number(options["atol"], "nll.atol")
+    cli.optional_positive_integer(options["k"], "nll.k")
+    for key in ("rtol", "atol"):
+        if options[key] is not None:
+            cli.positive_number(options[key], f"nll.{key}")
     cli.positive_integer(options["repeats"], "nll.repeats")
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -143,3 +144,17 @@ def test_a_ddpm_test_nll_is_its_variational_bound(tmp_path):
     difference = (result.nats.double() - bounds.mean(0)).mean()
     spread = math.sqrt(bounds.var(0).mean() * (1 + 1 / len(bounds)) / x.shape[0])
     assert abs(difference) < 5 * spread, (difference, spread)
+
+
+def test_evaluate_takes_the_runs_own_nll_settings_unless_given(tiny_checkpoint):
+    """nll.k / rtol / atol left null are the training run's train.final_eval (so `lsgm.evaluate` reproduces the NLL
+    its run reported); given ones win; a config without final_eval gets k = 4 and 1e-5."""
+    model = load(tiny_checkpoint)
+    final = model.config.train.final_eval
+    unset = {"k": None, "rtol": None, "atol": None, "repeats": 1}
+    assert evaluate.nll_settings(model, unset) == {"k": final.k, "rtol": final.ode.rtol, "atol": final.ode.atol,
+                                                   "repeats": 1}
+    given = evaluate.nll_settings(model, {**unset, "k": 7, "atol": 0.5})
+    assert (given["k"], given["rtol"], given["atol"]) == (7, final.ode.rtol, 0.5)
+    bare = SimpleNamespace(config=OmegaConf.create({"train": {}}))
+    assert evaluate.nll_settings(bare, unset) == {"k": 4, "rtol": 1e-5, "atol": 1e-5, "repeats": 1}
