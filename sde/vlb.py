@@ -258,6 +258,7 @@ def variational_bound(
     distortion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 1024,
     generator: torch.Generator | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> VariationalBound:
     """DDPM's bound for each x_0 in a batch (B, ...), term by term, with the distortion of x̂_0 at each step.
 
@@ -268,7 +269,8 @@ def variational_bound(
     `decoder(x_0, mean, log_var) -> nats (b,)` replaces the default `decoder_nll(levels)`;
     `distortion(x̂_0, index) -> (b,)` replaces the squared error (x̂_0 − x_0)² averaged over dimensions on
     the level scale — e.g. measured after decoding latents, `index` naming each row's sample in x0.
-    `generator` draws the steps and the noise. The maths runs in float64.
+    `generator` draws the steps and the noise; `on_chunk(n)` is called after each chunk of n pairs (a progress bar's
+    update; there are B · len(steps) pairs). The maths runs in float64.
     """
     steps, weights = bound_steps(schedule.T, num_steps, generator, spacing)
     decoder = decoder_nll(levels) if decoder is None else decoder
@@ -283,6 +285,8 @@ def variational_bound(
             squared_error[pairs] = (x0_hat - x0[index].double()).pow(2).flatten(1).mean(1) * level_scale(levels) ** 2
         else:
             squared_error[pairs] = distortion(x0_hat, index)
+        if on_chunk is not None:
+            on_chunk(len(pairs))
     return VariationalBound(steps, weights.to(x0.device), terms.reshape(num_evaluated, count).T,
                             prior_kl(schedule, x0), squared_error.reshape(num_evaluated, count).T,
                             x0[0].numel(), schedule.T)

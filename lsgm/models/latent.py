@@ -117,7 +117,7 @@ class LSGM(ScoreModel):
 
     @torch.no_grad()
     def diffusion_bound(self, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
-                        generator: torch.Generator | None = None):
+                        generator: torch.Generator | None = None, on_chunk=None):
         """DDPM's bound on −log p(z_0) of one posterior draw's latents, in −log p(x) ≤ −log p(x|z) + log q(z|x) +
         L(z), term by term. Progressive coding's distortion is measured after decoding x̂ = E p(x | ẑ_0), its rate
         converted to bits per data dimension. Returns the summary (bits/dim) and the rate–distortion table."""
@@ -132,7 +132,8 @@ class LSGM(ScoreModel):
             return ((images - x[index]).double() * scale).pow(2).flatten(1).mean(1)
 
         bound = vlb.variational_bound(self.discrete_eps_fn(schedule), schedule, latents.z, None, num_steps=num_steps,
-                                      batch_size=batch_size, generator=generator, distortion=decoded_error)
+                                      batch_size=batch_size, generator=generator, distortion=decoded_error,
+                                      on_chunk=on_chunk)
         rest = -out.dist.log_prob(x) + latents.log_q
         total = bound.total + rest
         summary = {"total_bits_per_dim": nats_to_bits_per_dim(total.mean(), dims).item(),

@@ -158,7 +158,7 @@ class LDM(ScoreModel):
 
     @torch.no_grad()
     def diffusion_bound(self, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
-                        generator: torch.Generator | None = None):
+                        generator: torch.Generator | None = None, on_chunk=None):
         """DDPM's bound on −log p(z_0) of the scaled latents, term by term (per data dimension: the latents are
         continuous, so it is not a bound on −log P(x)); progressive coding's distortion is the RMSE in levels of the
         decoded prediction x̂ = D(ẑ_0) against x. Returns the summary (bits/dim) and the rate–distortion table."""
@@ -172,7 +172,8 @@ class LDM(ScoreModel):
             return ((images - x[index]).double() * scale).pow(2).flatten(1).mean(1)
 
         bound = vlb.variational_bound(self.discrete_eps_fn(schedule), schedule, z, None, num_steps=num_steps,
-                                      batch_size=batch_size, generator=generator, distortion=decoded_error)
+                                      batch_size=batch_size, generator=generator, distortion=decoded_error,
+                                      on_chunk=on_chunk)
         summary = {"latent_prior_bits_per_dim": nats_to_bits_per_dim(bound.total.mean(), dims).item(),
                    "latent_prior_bits_per_dim_stderr":
                        nats_to_bits_per_dim(bound.total.std() / math.sqrt(len(bound.total)), dims).item()}

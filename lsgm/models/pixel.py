@@ -58,12 +58,12 @@ class PixelSGM(ScoreModel):
 
     @torch.no_grad()
     def diffusion_bound(self, x: torch.Tensor, T: int = 1000, num_steps: int | None = None, batch_size: int = 1024,
-                        generator: torch.Generator | None = None):
+                        generator: torch.Generator | None = None, on_chunk=None):
         """L = L_T + Σ L_{t−1} + L_0 on the model's chain, with a Gaussian decoder discretised to the data's levels:
         the summary (bits/dim) and the rate–distortion table."""
         schedule = self.chain(T)
         bound = vlb.variational_bound(self.discrete_eps_fn(schedule), schedule, x, self.levels, num_steps=num_steps,
-                                      batch_size=batch_size, generator=generator)
+                                      batch_size=batch_size, generator=generator, on_chunk=on_chunk)
         return bound.summary(), bound.rate_distortion()
 
 

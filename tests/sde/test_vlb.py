@@ -164,9 +164,11 @@ def test_terms_match_their_expectations(bound, schedule):
 
 def test_stratified_steps_are_unbiased(data, schedule):
     distribution, _, x0 = data
+    chunks = []
     result = variational_bound(distribution.eps_fn_discrete(schedule), schedule, x0, num_steps=64,
-                               batch_size=65536, generator=torch.Generator().manual_seed(2))
+                               batch_size=1000, generator=torch.Generator().manual_seed(2), on_chunk=chunks.append)
     assert result.steps.numel() == 64 and result.weights.sum().item() == schedule.T
+    assert sum(chunks) == 64 * x0.shape[0] and max(chunks) == 1000  # on_chunk: pairs per chunk, all of them
     expected = expected_terms(schedule, "small")[1:]
     # the strata's steps are drawn once for the batch: compare with the expected terms at those steps
     drawn = (expected[result.steps[1:] - 2] * result.weights[1:]).sum().item()
