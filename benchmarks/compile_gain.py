@@ -13,25 +13,18 @@ Measured: see the README, "Training".
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
-from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
+from train_throughput import CONFIGS, STAGE1_STEPS, parse_arguments, step_config
 
 from lsgm.train import Trainer
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-STAGE1_STEPS = 1000
 
 
 def phase_times(compiled: bool, overrides: list[str], steps: int) -> dict[str, tuple[float, float]]:
     """{phase: (seconds of its first step, seconds per step after it)} for stage 1 and the joint phase."""
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", "train.steps=1000000", f"train.stage1_steps={STAGE1_STEPS}",
-                                           f"train.compile={str(compiled).lower()}", *overrides])
+    cfg = step_config([f"train.compile={str(compiled).lower()}", *overrides])
     times = {}
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
@@ -52,12 +45,7 @@ def phase_times(compiled: bool, overrides: list[str], steps: int) -> dict[str, t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__, steps=10)
     eager = phase_times(False, args.overrides, args.steps)
     compiled = phase_times(True, args.overrides, args.steps)
     print(f"{args.threads} thread(s), {args.steps} timed steps per phase")
@@ -67,7 +55,7 @@ def main() -> None:
         print(f"| {phase} | {eager[phase][1] * 1e3:.0f} | {compiled[phase][1] * 1e3:.0f} | "
               f"{eager[phase][1] / compiled[phase][1]:.2f}× | {compiled[phase][0] - eager[phase][0]:.1f} |")
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        train = compose("config", overrides=args.overrides).train
+        train = compose("config", overrides=args.overrides).train  # the preset's own split, not the benchmark's
     stage1_share = train.stage1_steps / train.steps
     saved = stage1_share * (eager["stage 1"][1] - compiled["stage 1"][1]) + \
         (1 - stage1_share) * (eager["joint"][1] - compiled["joint"][1])

@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from lsgm.train import Trainer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+STAGE1_STEPS = 1000
 
 
 def bare_pass(trainer: Trainer, x: torch.Tensor) -> None:
@@ -60,16 +61,28 @@ def measure(trainer: Trainer, phase_step: int, steps: int, rounds: int = 3) -> d
             "overhead": step / bare_time, "ms_per_step": 1000 * step, "bare_ms": 1000 * bare_time}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_arguments(description: str, steps: int) -> argparse.Namespace:
+    """--threads (set for torch here), --steps and hydra overrides: the command line of the step-time benchmarks."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def step_config(overrides: list[str]):
+    """The config a step-time benchmark trains: no logger, stage 1 for the first STAGE1_STEPS steps of a run too long
+    to end, `overrides` on top."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", "train.steps=1000000", "train.stage1_steps=1000",
-                                           *args.overrides])
+        return compose("config", overrides=["logger=none", "train.steps=1000000",
+                                            f"train.stage1_steps={STAGE1_STEPS}", *overrides])
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, steps=20)
+    cfg = step_config(args.overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
         for _ in range(3):  # warm-up, both phases
