@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nvae.layers import Dropout
+
 
 def group_count(channels: int, max_groups: int = 32) -> int:
     """The largest group count ≤ max_groups that divides `channels` (GroupNorm needs a divisor)."""
@@ -48,7 +50,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb = nn.Linear(temb_channels, out_channels)
-        self.norm2, self.dropout = norm(out_channels), nn.Dropout(dropout)
+        self.norm2, self.dropout = norm(out_channels), Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 

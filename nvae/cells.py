@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from nvae.layers import Conv2d, FactorizedReduce, SqueezeExcite, UpSample, norm2d
+from nvae.layers import Conv2d, Dropout, FactorizedReduce, SqueezeExcite, UpSample, norm2d
 
 RESIDUAL_SCALE = 0.1
 
@@ -29,7 +29,7 @@ class EncoderCell(nn.Module):
         self.branch = nn.Sequential(
             norm2d(norm, in_channels), nn.SiLU(),
             Conv2d(in_channels, out_channels, 3, input_size, stride=stride),
-            norm2d(norm, out_channels), nn.SiLU(), nn.Dropout(dropout),
+            norm2d(norm, out_channels), nn.SiLU(), Dropout(dropout),
             Conv2d(out_channels, out_channels, 3, size),
             SqueezeExcite(out_channels),
         )
@@ -57,7 +57,7 @@ class DecoderCell(nn.Module):
             norm2d(norm, in_channels),
             Conv2d(in_channels, hidden, 1, size, bias=False), norm2d(norm, hidden), nn.SiLU(),
             Conv2d(hidden, hidden, 5, size, groups=hidden, bias=False), norm2d(norm, hidden), nn.SiLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             Conv2d(hidden, out_channels, 1, size, bias=False), norm2d(norm, out_channels),
             SqueezeExcite(out_channels),
         )

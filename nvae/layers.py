@@ -1,5 +1,5 @@
 """Building blocks of the NVAE cells: a convolution that tracks its spectral norm, normalisation,
-squeeze-and-excitation, and the down/up-sampling skip connections."""
+squeeze-and-excitation, dropout, and the down/up-sampling skip connections."""
 
 from __future__ import annotations
 
@@ -102,6 +102,34 @@ class Conv2d(nn.Conv2d):
         """sigma(W) ~= <v, W u> after ``iterations`` further power steps; gradient flows to the weight."""
         self.power_iteration(iterations)
         return (self.sn_v.clone() * self._apply_linear(self.sn_u.clone(), self.weight)).sum()
+
+
+DROPOUT_LEVELS = 2 ** 16  # the CPU mask's resolution: p is rounded to a multiple of 2⁻¹⁶
+
+
+def dropout_mask_cpu(like: torch.Tensor, p: float) -> torch.Tensor:
+    """A mask m ~ Bernoulli(1 − p̃) shaped and laid out like `like` (so that x ⊙ m keeps x's memory format),
+    p̃ = round(p·2¹⁶)/2¹⁶, from 16-bit uniform integers: one 64-bit draw of the generator gives four of them, where
+    ``bernoulli_`` and ``rand`` draw once per element — on CPU the draws, not the arithmetic, are dropout's cost."""
+    count = like.numel()
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=like.device)
+    uniform16 = words.view(torch.int16)[:count]  # each uniform on −2¹⁵ .. 2¹⁵ − 1
+    dense = like.is_contiguous() or like.is_contiguous(memory_format=torch.channels_last)
+    uniform16 = uniform16.as_strided(like.shape, like.stride()) if dense else uniform16.view(like.shape)
+    return uniform16 >= round(p * DROPOUT_LEVELS) - DROPOUT_LEVELS // 2
+
+
+class Dropout(nn.Dropout):
+    """Element-wise dropout y = x ⊙ m / (1 − p̃) in training, the identity in eval; on CPU the mask comes from
+    `dropout_mask_cpu` (p̃ within 2⁻¹⁷ of p), elsewhere this is ``nn.Dropout`` (a fused kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        dropped = round(self.p * DROPOUT_LEVELS)
+        if dropped >= DROPOUT_LEVELS:
+            return torch.zeros_like(x)
+        return torch.where(dropout_mask_cpu(x, self.p), x * (DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped)), 0.0)
 
 
 def group_count(channels: int, max_groups: int = 8) -> int:

@@ -1,10 +1,12 @@
 """The spectral-norm estimate of every kind of convolution, the cells and the regularisers."""
 
+import math
+
 import pytest
 import torch
 
 from nvae.cells import DecoderCell, EncoderCell
-from nvae.layers import Conv2d, _DepthwiseConv2d, norm2d
+from nvae.layers import DROPOUT_LEVELS, Conv2d, Dropout, _DepthwiseConv2d, dropout_mask_cpu, norm2d
 from nvae.regularizers import balanced_kl, norm_loss, spectral_norm_loss
 
 
@@ -117,3 +119,45 @@ def test_depthwise_conv_gradients_match_torch(size):
     inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in
               [(2, 2, size, size), (2, 1, 5, 5), (2,)]]
     assert torch.autograd.gradcheck(lambda x, w, b: _DepthwiseConv2d.apply(x, w, b, 2), inputs)
+
+
+def test_cpu_dropout_drops_at_its_rate_and_keeps_the_mean():
+    """4M elements: the dropped fraction is p within 5 binomial standard deviations (p is 0.1 to 2⁻¹⁷), every kept
+    element is x / (1 − p̃) exactly, so E[y] = x; eval mode is the identity."""
+    torch.manual_seed(0)
+    p, count = 0.1, 4_000_000
+    layer = Dropout(p).train()
+    x = torch.full((count,), 3.0)
+    y = layer(x)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / count)
+    p_rounded = round(p * DROPOUT_LEVELS) / DROPOUT_LEVELS
+    assert torch.all((y == 0) | (y == torch.tensor(3.0 / (1 - p_rounded))))
+    assert abs(y.double().mean().item() - 3.0) < 5 * 3.0 * math.sqrt(p / (1 - p) / count)
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_cpu_dropout_masks_are_independent_and_keep_the_memory_format():
+    """The four 16-bit uniforms of one 64-bit draw are independent: the correlation of neighbouring mask elements is 0
+    within 5/√n and each of the four positions keeps at 1 − p; rates whose thresholds need the low bits (1/3, 0.9,
+    2⁻¹⁰) come out right; a channels_last input gives a channels_last output, and the gradient is the mask times
+    1/(1 − p̃)."""
+    torch.manual_seed(1)
+    mask = dropout_mask_cpu(torch.empty(1_000_000), 1 / 3).double()
+    centred = mask - mask.mean()
+    correlation = (centred[:-1] * centred[1:]).mean() / centred.var()
+    assert abs(correlation.item()) < 5 / math.sqrt(len(mask))
+    for shift in range(4):  # whole 64-bit words: element k of every word, in its own column
+        column = mask.view(-1, 4)[:, shift]
+        assert abs(column.mean().item() - 2 / 3) < 5 * math.sqrt(2 / 9 / len(column))
+    for p in (1 / 3, 0.9, 2 ** -10):  # thresholds that need the low bits
+        rate = 1 - dropout_mask_cpu(torch.empty(1_000_000), p).double().mean().item()
+        assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / 1_000_000) + 2 ** -17
+    x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    layer = Dropout(0.3).train()
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    kept = y.detach() != 0
+    assert torch.allclose(x.grad, kept.float() / (1 - round(0.3 * DROPOUT_LEVELS) / DROPOUT_LEVELS))
+    assert torch.allclose(y.detach()[kept], (x.detach() / (1 - round(0.3 * DROPOUT_LEVELS) / DROPOUT_LEVELS))[kept])
