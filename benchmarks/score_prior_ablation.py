@@ -1,14 +1,16 @@
 """Which score prior learns a trained VAE's latents: parameterisation × SDE × time weighting, on frozen latents.
 
     python benchmarks/score_prior_ablation.py CKPT [--variants residual:cosine:drop_all_uniform ...]
-        [--steps 1000] [--lr 1e-3] [--guidance 1 2] [--per-class 50] [--seed 0] [--threads 1] [--out DIR]
+        [--steps 1000] [--lr 1e-3] [--ema 0.999] [--guidance 1 2] [--per-class 50] [--seed 0] [--threads 1] [--out DIR]
         [--set score.net.context_in_time=true ...]
 
 CKPT is an LSGM checkpoint (class-conditional for the accuracy columns: `experiment=digits_class`). Its VAE is
 frozen; for every variant `PARAMETERISATION:SDE:SCHEME` a fresh score network of the checkpoint's architecture (and
 a fresh condition encoder) learns the VAE's latents — a new posterior draw of a random train-split batch of 64 each
-step, AdamW at --lr, --steps steps, no EMA — and then draws `--per-class` samples of each class (default 50) per
-guidance scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`) stay inactive.
+step, AdamW at --lr, --steps steps, sampled with the raw weights or, with --ema D, with their exponential moving
+average (`lsgm.ema.EMA`, decay D, as training samples) — and then draws `--per-class` samples of each class (default
+50) per guidance scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`)
+stay inactive.
 
     PARAMETERISATION  residual  ε̂ = σ_t z_t + ε'_θ                       (score.residual=true)
                       mixed     ε̂ = (1 − α) σ_t z_t + α ε'_θ, ℓ at -3     (LSGM's mixed score, α learned)
@@ -42,6 +44,7 @@ from omegaconf import OmegaConf
 import lsgm
 from lsgm.build import build_model
 from lsgm.data import load_dataset
+from lsgm.ema import EMA
 from lsgm.metrics.digits_classifier import load_digits_classifier
 from lsgm.metrics.quality import class_probabilities, sample_quality
 from lsgm.models.latent import INACTIVE_LOGIT
@@ -90,10 +93,12 @@ def fresh_prior(trained, parameterisation: str, sde_name: str, overrides: list[s
 
 
 def train_prior(model, x: torch.Tensor, y: torch.Tensor | None, scheme: str, steps: int, lr: float, t_eps: float,
-                generator: torch.Generator) -> None:
-    """`steps` AdamW steps of the score model's DSM loss (`scheme`) on fresh posterior draws of the VAE's latents."""
+                generator: torch.Generator, ema_decay: float | None = None) -> None:
+    """`steps` AdamW steps of the score model's DSM loss (`scheme`) on fresh posterior draws of the VAE's latents;
+    with `ema_decay`, the model ends holding the exponential moving average of its weights."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    ema = EMA([(name, p) for name, p in model.named_parameters() if p.requires_grad], ema_decay) if ema_decay else None
     model.train()
     model.vae.eval()
     for _ in range(steps):
@@ -105,6 +110,12 @@ def train_prior(model, x: torch.Tensor, y: torch.Tensor | None, scheme: str, ste
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update()
+    if ema is not None:
+        with torch.no_grad():
+            for name, parameter in ema.parameters.items():
+                parameter.copy_(ema.shadow[name])
     model.eval()
 
 
@@ -180,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                                 DEFAULT_VARIANTS])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                        help="sample with the EMA of the weights (training's: 0.999); default: the raw weights")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--per-class", type=int, default=50, help="samples of each class (100 a class: 1000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -205,15 +218,17 @@ def main(argv: list[str] | None = None) -> None:
         model = fresh_prior(trained, parameterisation, sde_name, arguments.set)
         start = time.perf_counter()
         train_prior(model, data.x, data.y, scheme, arguments.steps, arguments.lr, model.config.sde.t_eps,
-                    torch.Generator().manual_seed(arguments.seed))
+                    torch.Generator().manual_seed(arguments.seed), arguments.ema)
         name = f"{parameterisation}:{sde_name}:{scheme}"
         rows[name] = {**measure_samples(model, classifier, arguments.guidance, arguments.per_class, arguments.seed),
                       "seconds": time.perf_counter() - start}
         print(name, rows[name], flush=True)
     out = arguments.out or arguments.checkpoint.resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    weights = f"EMA {arguments.ema:g}" if arguments.ema else "raw weights"
     table = (f"{arguments.checkpoint}: the VAE frozen, a fresh score model per row, {arguments.steps} steps at lr "
-             f"{arguments.lr:g}, seed {arguments.seed}\n\n" + markdown(rows, arguments.guidance, conditional) + "\n")
+             f"{arguments.lr:g}, {weights}, seed {arguments.seed}\n\n"
+             + markdown(rows, arguments.guidance, conditional) + "\n")
     (out / "score_prior_ablation.md").write_text(table)
     print(table)
 

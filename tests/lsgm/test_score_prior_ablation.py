@@ -52,6 +52,30 @@ def test_fresh_prior_keeps_the_vae_and_its_inactive_channels(ablation, class_che
     assert not all(torch.equal(a, b) for a, b in zip(pure.score_net.parameters(), trained.score_net.parameters()))
 
 
+def test_training_with_ema_leaves_the_average_of_the_weights(ablation, class_checkpoint):
+    """Two steps with decay 0.5 end at EMA's warm-up average d₂(d₁θ₀ + (1 − d₁)θ₁) + (1 − d₂)θ₂, d_n = min(0.5,
+    (1 + n)/(10 + n)), where θ₁ and θ₂ are what one and two steps without EMA reach from the same seeds."""
+    import lsgm
+
+    trained = lsgm.load(class_checkpoint)
+    x, y = torch.rand(8, *trained.data_shape) * 2 - 1, torch.arange(8) % 10
+
+    def weights_after(steps: int, ema_decay=None) -> dict:
+        torch.manual_seed(0)
+        model = ablation.fresh_prior(trained, "residual", "cosine")
+        torch.manual_seed(1)
+        ablation.train_prior(model, x, y, "drop_all_uniform", steps, 1e-2, 1e-2, torch.Generator().manual_seed(2),
+                             ema_decay)
+        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    first, second, averaged, initial = weights_after(1), weights_after(2), weights_after(2, 0.5), weights_after(0)
+    d1, d2 = 2 / 11, 3 / 12
+    for name, value in averaged.items():
+        expected = d2 * (d1 * initial[name] + (1 - d1) * first[name]) + (1 - d2) * second[name]
+        assert torch.allclose(value, expected, atol=1e-6), name
+    assert any(not torch.equal(averaged[name], second[name]) for name in averaged)
+
+
 def test_the_ablation_writes_a_table_with_the_bounds_and_every_variant(ablation, class_checkpoint, tmp_path):
     ablation.main([str(class_checkpoint), "--variants", "residual:cosine:drop_all_uniform", "mixed:vp:ll_iw",
                    "--steps", "2", "--per-class", "3", "--guidance", "1", "2", "--out", str(tmp_path)])
