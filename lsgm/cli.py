@@ -1,8 +1,24 @@
-"""`key=value` command lines for the entry points beside training (`python -m lsgm.sample ...`).
+"""The command lines of the entry points beside training (`python -m lsgm.sample ...`): hydra overrides of a config
+file per command, composed with hydra's compose API and the same config groups as training.
 
-Arguments use hydra's override syntax without hydra's run folders: `ckpt=runs/x/checkpoints/best.pt`,
-`options.steps=20`, `tasks=[nll,bound]`. Unknown keys (nested ones included) are an error that lists the valid
-ones. Each command checks every value before it loads a model or does any work.
+    python -m lsgm.sample ckpt=runs/x/checkpoints/best.pt sampler=dpm2m sampler.options.steps=10
+    python -m lsgm.evaluate ckpt=... tasks=[nll,bound] logger=none
+
+Each command's primary config is a file of `lsgm.config_dir()` (configs/sample.yaml, evaluate.yaml, inpaint.yaml,
+interpolate.yaml; installed with the package as lsgm/configs): its keys and defaults, and in its defaults list the
+training groups it shares (`sampler`, and `logger` for evaluate), so `sampler=dpm2m sampler.options.steps=10` means
+what it means to train_joint.py. Arguments follow hydra's override grammar (`key=value`, lists as `key=[a,b]`,
+`group=option`) without hydra's run folders, logging or multirun: `--help` prints the composed config and exits 0;
+an unknown key, a group option that does not exist, a value that does not parse, a flag, a sweep (`a=1,2`),
+hydra's own settings (`hydra.*`), an interpolation that does not resolve or a required key left out (`ckpt`) is one
+line naming the fix. Each command checks every value before it loads a model or does any work.
+
+Sampler options are in hydra's struct mode, as in training: an option that the sampler's config file lists is set
+as `sampler.options.steps=10`, one it does not list is added as `+sampler.options.eta=0.5` (`++` sets it either
+way, `~sampler.options.steps` deletes it). The mapping is not opened for these commands so that a line of
+overrides means the same to them and to train_joint.py, and so that a misspelt option (`sampler.options.stpes=10`)
+is refused at once; whether the sampler takes an added option is checked against it (and the model) before
+sampling. Other keys are fixed by the command's config: they are set, never added (+) or deleted (~).
 
 Exit status of every command (`lsgm.sample`, `lsgm.evaluate`, `lsgm.apps.*`, `lsgm.metrics.quality`), the codes
 train_joint.py uses too; each failure is one line `program: error: ...` on stderr:
@@ -24,13 +40,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .paths import config_dir
 
 BAD_INPUT, DIVERGED, INTERRUPTED = 2, 3, 4
+# what hydra.compose raises on arguments it cannot compose (a TypeError for some, e.g. sampler=[1])
+COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException, TypeError, ValueError)
+MAPPING_CONFIG = "_lsgm_command_defaults"  # hydra's ConfigStore name of a command given as a mapping of defaults
 
 
 class UsageError(ValueError):
@@ -48,66 +67,161 @@ class CommandError(SystemExit):
         return self.message
 
 
-def parse_arguments(defaults: dict, argv: list[str] | None = None, program: str = "lsgm") -> DictConfig:
-    """The defaults merged with `key=value` arguments; `--help` prints the defaults and exits."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(f"usage: {invocation(program)} key=value ...\n\ndefaults:\n{OmegaConf.to_yaml(defaults)}")
-        raise SystemExit(0)
-    bad = [arg for arg in argv if "=" not in arg]
-    if bad:
-        raise UsageError(f"arguments must look like key=value, got {bad}")
-    arguments = [parse_argument(arg) for arg in argv]
-    unknown = sorted({key for argument in arguments for key in unknown_keys(defaults, plain(argument))})
-    if unknown:
-        raise UsageError(f"unknown argument(s) {unknown}; valid: {dotted_keys(defaults)}")
+# --- composing a command's config ------------------------------------------------------------------------------
+def compose(config: str | Mapping, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config of a command: `config` (the name of its primary config in `lsgm.config_dir()`, such as "sample";
+    or, for a command without a file, a mapping of its defaults) composed by hydra with the `overrides`, resolved,
+    with every required (`???`) key given. Anything else is a UsageError naming the fix (module docstring)."""
+    cfg = composed(config, overrides)
     try:
-        merged = OmegaConf.merge(OmegaConf.create(defaults), *arguments)
-        OmegaConf.resolve(merged)
+        OmegaConf.resolve(cfg)
     except OmegaConfBaseException as error:
-        raise UsageError(f"cannot combine the arguments {argv}: {first_line(error)}") from None
-    missing = [key for key in defaults if OmegaConf.is_missing(merged, key)]
+        raise UsageError(f"cannot resolve the arguments {list(overrides)}: {first_line(error)}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise UsageError(f"missing required argument(s): {', '.join(f'{k}=...' for k in missing)}")
-    return merged
+        raise UsageError(f"missing required argument(s): {', '.join(f'{key}=...' for key in missing)}")
+    return cfg
+
+
+def composed(config: str | Mapping, overrides: Sequence[str]) -> DictConfig:
+    """hydra.compose of the primary config with `overrides`, unresolved; hydra's errors as UsageErrors."""
+    name = primary_config(config)
+    has_sampler = "sampler" in config_groups(name)
+    parsed = [parse_override(argument, has_sampler) for argument in overrides]
+    with hydra_configs():
+        try:
+            cfg = hydra_compose(name, list(overrides))
+        except COMPOSITION_ERRORS as error:
+            raise composition_error(error, name, parsed) from None
+    return cfg
+
+
+def primary_config(config: str | Mapping) -> str:
+    """The name hydra composes: a config file's name, or a mapping stored in hydra's ConfigStore."""
+    if isinstance(config, str):
+        return config
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=MAPPING_CONFIG, node=dict(config))
+    return MAPPING_CONFIG
+
+
+@contextlib.contextmanager
+def hydra_configs():
+    """hydra initialised on `lsgm.config_dir()` for the body (and its previous state restored after)."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        yield
+
+
+def hydra_compose(name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose as compose_config
+
+    return compose_config(name, overrides=overrides)
+
+
+def parse_override(argument: str, has_sampler: bool = False):
+    """One argument parsed by hydra's override parser (to name it when it does not parse). Flags, sweeps and
+    hydra's own settings are refused, since these commands make no run folder; so is adding (+, ++) or deleting (~)
+    a key other than a sampler option (of a command with a `sampler`): a command's keys are its config file's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if argument.startswith("-"):
+        raise UsageError(f"unknown flag {argument}; the arguments are key=value overrides (--help lists them)")
+    try:
+        override = OverridesParser.create().parse_override(argument)
+    except HydraException as error:
+        raise UsageError(f"cannot parse {argument!r} ({first_line(error)}); write key=value, lists as key=[a,b], "
+                         "and quote values with spaces or brackets ('a b')") from None
+    if override.is_hydra_override():
+        raise UsageError(f"{argument}: hydra's own settings do not apply to this command (it makes no run folder)")
+    if override.is_sweep_override():
+        raise UsageError(f"{argument} is a sweep, which this command does not run; write a list as key=[a,b]")
+    changes_keys = override.is_add() or override.is_force_add() or override.is_delete()
+    if changes_keys and not (has_sampler and override.key_or_group.startswith("sampler.options.")):
+        where = "only a sampler option is added or deleted (+sampler.options.KEY=VALUE, ~sampler.options.KEY)" \
+            if has_sampler else "no key is added (+) or deleted (~)"
+        raise UsageError(f"{argument}: the keys of this command are those of its config (--help lists them); "
+                         f"{where}")
+    return override
+
+
+def composition_error(error: Exception, name: str, overrides: list) -> UsageError:
+    """hydra's error on composing `name` with `overrides` as one line: the option or key that does not exist and
+    the valid ones, or its first line."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return UsageError(f"unknown {group} {option!r}; valid: {', '.join(error.options)}")
+    message = str(error)
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:
+        key = unknown.group(1)
+        given = next((o.input_line for o in overrides if o.key_or_group == key), key)
+        hint = (f" (sampler.options holds the options that the sampler's config file lists: add another as +{given},"
+                " as in training)" if key.startswith("sampler.options.") else "")
+        return UsageError(f"unknown argument {given}{hint}; valid: {', '.join(valid_arguments(name, overrides))}")
+    present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
+    if present:
+        return UsageError(f"{present.group(1)} is already in the config; set it without the + (or with ++)")
+    return UsageError(f"cannot compose the arguments: {' '.join(message.split())}")
+
+
+def valid_arguments(name: str, overrides: list) -> list[str]:
+    """What a command accepts (its groups' `group=<options>` and its dotted keys), as composed with the given
+    group choices (sampler=dpm2m lists dpm2m's options)."""
+    groups = config_groups(name)
+    chosen = [o.input_line for o in overrides if o.key_or_group in groups and not (o.is_add() or o.is_delete())]
+    try:
+        cfg = hydra_compose(name, chosen)
+    except COMPOSITION_ERRORS:
+        cfg = hydra_compose(name, [])
+    return [f"{group}=<{'|'.join(options)}>" for group, options in groups.items()] + dotted_keys(plain(cfg))
+
+
+def config_groups(name: str) -> dict[str, list[str]]:
+    """The config groups in the defaults list of primary config `name` and the options of each."""
+    path = config_dir() / f"{name}.yaml"
+    entries = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
+    groups = [next(iter(entry)) for entry in entries if isinstance(entry, Mapping)]
+    return {group: sorted(option.stem for option in (config_dir() / group).glob("*.yaml")) for group in groups}
+
+
+def dotted_keys(cfg: Mapping, prefix: str = "") -> list[str]:
+    """The keys of a config, nested ones dotted (`nll.k`); `+options.<key>` for an empty mapping (struct mode: a
+    key is added to it with a +)."""
+    keys = []
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            keys += dotted_keys(value, f"{prefix}{key}.") if value else [f"+{prefix}{key}.<key>"]
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def usage(config: str | Mapping, overrides: Sequence[str], program: str) -> str:
+    """The text of `--help`: how to give arguments, the groups the command shares with training, and its config
+    composed with the other arguments."""
+    name = primary_config(config)
+    groups = config_groups(name)
+    lines = [f"usage: {invocation(program)} key=value ...", "",
+             "Arguments are hydra overrides of the config below: key=value, lists as key=[a,b]."]
+    if groups:
+        lines.append("Config groups shared with training (lsgm.config_dir()/<group>/<option>.yaml):")
+        lines += [f"    {group}={'|'.join(options)}" for group, options in groups.items()]
+    if "sampler" in groups:
+        lines.append("A sampler option its config does not list is added as +sampler.options.KEY=VALUE (as in "
+                     "training; ~sampler.options.KEY deletes one).")
+    cfg = composed(config, overrides)
+    return "\n".join([*lines, "", "config:", OmegaConf.to_yaml(cfg).rstrip()])
 
 
 def invocation(program: str) -> str:
     """How a user runs `program`: a module (lsgm.sample) as `python -m lsgm.sample`, a console script (lsgm-sample)
     by its name."""
     return f"python -m {program}" if "." in program else program
-
-
-def parse_argument(argument: str) -> DictConfig:
-    """One `key=value` argument, or a UsageError naming it when its value is not valid YAML."""
-    try:
-        return OmegaConf.from_dotlist([argument])
-    except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise UsageError(f"cannot parse {argument!r} ({first_line(error)}); write lists as key=[a,b] and quote "
-                         "values with spaces or brackets") from None
-
-
-def unknown_keys(defaults: Mapping, given: Mapping, prefix: str = "") -> list[str]:
-    """The dotted keys of `given` that `defaults` lacks. An empty dict in the defaults (sampler `options`) takes
-    any keys; its entries are checked by the command."""
-    unknown = []
-    for key, value in given.items():
-        if key not in defaults:
-            unknown.append(f"{prefix}{key}")
-        elif isinstance(defaults[key], Mapping) and defaults[key] and isinstance(value, Mapping):
-            unknown += unknown_keys(defaults[key], value, f"{prefix}{key}.")
-    return unknown
-
-
-def dotted_keys(defaults: Mapping, prefix: str = "") -> list[str]:
-    """The keys a command accepts, nested ones dotted (`nll.k`); `options.*` for a dict that takes any keys."""
-    keys = []
-    for key, value in sorted(defaults.items()):
-        if isinstance(value, Mapping):
-            keys += dotted_keys(value, f"{prefix}{key}.") if value else [f"{prefix}{key}.*"]
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def first_line(error: BaseException) -> str:
@@ -291,7 +405,12 @@ def stop(program: str, message: str, code: int) -> None:
     raise CommandError(line, code) from None
 
 
-def run(main, defaults: dict, program: str, argv: list[str] | None = None):
-    """Parse arguments and return main(cfg), reporting the errors a user can cause (`reporting_errors`)."""
+def run(main, config: str | Mapping, program: str, argv: list[str] | None = None):
+    """main(cfg) on the command's config (`compose` of `config` with argv, default sys.argv[1:]), reporting the
+    errors a user can cause (`reporting_errors`); `-h`/`--help` prints `usage` and exits 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     with reporting_errors(program):
-        return main(parse_arguments(defaults, argv, program=program))
+        if any(argument in ("-h", "--help") for argument in argv):
+            print(usage(config, [a for a in argv if a not in ("-h", "--help")], program))
+            raise SystemExit(0)
+        return main(compose(config, argv))

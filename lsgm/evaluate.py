@@ -9,7 +9,13 @@ bars on stderr (`lsgm.progress`; `progress=false` on the command line: none).
 `python -m lsgm.evaluate` writes to its `out` folder nll.json, bound.json, quality.json, the plots, samples.npz,
 summary.json, and its tables through `RunLogger.log_table`: tables/rate_distortion.csv (a row per step of the
 progressive-coding chain), tables/nll.csv and tables/quality.csv (one row each), also logged to wandb as
-`wandb.Table`s (unless logger=none).
+`wandb.Table`s (unless logger=none). Its arguments are hydra overrides of configs/evaluate.yaml (`lsgm.cli`;
+`--help` prints it), which shares training's `sampler` and `logger` groups: the quality task samples with the
+run's own sampler (`+sampler.options.steps=10` changes its options) unless `sampler=NAME` picks
+configs/sampler/NAME.yaml (`sampler=dpm2m sampler.options.steps=10`, as in training); wandb logs as the run did
+unless `logger=none|wandb` or `logger.mode=...` say otherwise.
+
+    python -m lsgm.evaluate ckpt=runs/x/checkpoints/best.pt tasks=[nll,quality] sampler=dpm2m logger=none
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from omegaconf import OmegaConf
 
 from . import cli
 from .build import load, load_splits, plain
-from .cli import run, sampler_defaults
+from .cli import run
 from .data import SPLITS
 from .log import MODES, RunLogger
 from .metrics import plots
@@ -115,22 +121,7 @@ over the chain's steps unless `progress` is false."""
 
 
 # --- python -m lsgm.evaluate --------------------------------------------------------------------------------------
-DEFAULTS = {
-    "ckpt": "???",
-    "tasks": ["nll", "bound", "quality"],
-    "split": "test",
-    "max_images": None,
-    "batch_size": 360,
-    "seed": 0,
-    "device": "auto",
-    "out": None,             # default: <run folder>/eval
-    "logger": None,          # default: the run's (wandb offline); none disables wandb
-    "progress": True,        # progress bars on stderr
-    "nll": {"k": None, "rtol": None, "atol": None, "repeats": 1},  # null: the run's own train.final_eval (k, ode)
-    "bound": {"T": 1000, "num_steps": 100, "batch_size": 4096,  # 100 stratified steps (null: all T; > 12 min)
-              "report_steps": [1000, 900, 500, 100, 1], "progressive_images": 8},
-    "quality": {"num_samples": 1000, "sampler": None, "options": {}, "inception_weights": None},
-}
+CONFIG = "evaluate"  # configs/evaluate.yaml: the command's keys and defaults
 
 
 def log_records(logger: RunLogger, name: str, records: list[dict]) -> Path:
@@ -193,20 +184,23 @@ def run_bound(model, x, cfg, out: Path, generator, logger: RunLogger) -> tuple[d
     return {f"bound_{k}": v for k, v in summary.items()}, images
 
 
-def quality_sampler(model, options) -> tuple[str, dict]:
-    """The sampler of the quality task and its options: the run's own sampler unless `quality.sampler` names one,
-    with its defaults under `quality.options`, checked against what the sampler takes."""
-    sampler = options.sampler or model.config.sampler.name
-    defaults = plain(model.config.sampler).get("options", {}) if options.sampler is None else sampler_defaults(sampler)
-    merged = with_defaults(sampler, options.options or {}, defaults)
-    return sampler, check_sampler_options(model, sampler, merged, "quality.options")
+def quality_sampler(model, sampler) -> tuple[str, dict]:
+    """The quality task's sampler and its options: `sampler.name` with the composed `sampler.options` (sampler=NAME:
+    configs/sampler/NAME.yaml's), or else the run's own sampler with its options under the given ones; checked
+    against what the sampler takes."""
+    chosen = plain(sampler)
+    own = plain(model.config.sampler)
+    name = chosen["name"] or own["name"]
+    defaults = own.get("options", {}) if chosen["name"] is None else {}
+    options = with_defaults(name, chosen["options"], defaults)
+    return name, check_sampler_options(model, name, options)
 
 
 def run_quality(model, cfg, out: Path, device, logger: RunLogger) -> tuple[dict, dict]:
     """Sample quality of the model's samples: samples.npz, quality.json and the one-row table `quality`; returns its
     numbers and the sample grid."""
     options = cfg.quality
-    sampler, sampler_options = quality_sampler(model, options)
+    sampler, sampler_options = quality_sampler(model, cfg.sampler)
     images, nfe = draw(model, options.num_samples, sampler, sampler_options, seed=cfg.seed, progress=cfg.progress)
     npz, png = write_samples(images, model.levels, out / "samples.npz")
     metrics = sample_quality(images, data=model.config.data.name, root=model.config.data.root,
@@ -217,6 +211,13 @@ def run_quality(model, cfg, out: Path, device, logger: RunLogger) -> tuple[dict,
     print("sample quality: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in metrics.items()))
     return {f"quality_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, {"samples": png}
+
+
+def logger_settings(model, logger) -> dict:
+    """The run's own logger settings (`model.config.logger`) under the values `logger` gives (logger=NAME: those of
+    configs/logger/NAME.yaml; logger.mode=...: the mode alone)."""
+    given = {key: value for key, value in plain(logger).items() if value is not None}
+    return {**plain(model.config.logger), **given}
 
 
 def check_arguments(cfg) -> None:
@@ -231,11 +232,20 @@ def check_arguments(cfg) -> None:
     cli.boolean(cfg.progress, "progress")
     if cfg.out is not None:
         cli.output_folder(cfg.out, "out")
-    if cfg.logger is not None:
-        cli.choice(cfg.logger, MODES, "logger")
-    for task, check in TASK_CHECKS.items():
+    logger = cli.mapping(cfg.logger, "logger", "logger=none")
+    if logger["mode"] is not None:
+        cli.choice(logger["mode"], MODES, "logger.mode")
+    for key in ("project", "group"):  # the settings, besides the mode, that the evaluation's wandb run takes
+        if logger.get(key) is not None and not isinstance(logger[key], str):
+            raise cli.UsageError(f"logger.{key} must be a name, got {cli.plain(logger[key])!r}")
+    for task, (check, example) in TASK_CHECKS.items():
         if task in cfg.tasks:
-            check(cli.mapping(cfg[task], task, f"{task}.{next(iter(DEFAULTS[task]))}=..."))
+            check(cli.mapping(cfg[task], task, example))
+    if "quality" in cfg.tasks:
+        cli.mapping(cfg.sampler, "sampler", "sampler=dpm2m")
+        if cfg.sampler.name is not None:
+            check_sampler(cfg.sampler.name)
+        cli.mapping(cfg.sampler.options, "sampler.options", "+sampler.options.steps=20")
 
 
 def check_nll_options(options: dict) -> None:
@@ -257,10 +267,6 @@ def check_bound_options(options: dict) -> None:
 
 def check_quality_options(options: dict) -> None:
     cli.positive_integer(options["num_samples"], "quality.num_samples")
-    if options["sampler"] is not None:
-        check_sampler(options["sampler"], "quality.sampler")
-    if options["options"] is not None:
-        cli.mapping(options["options"], "quality.options", "quality.options.steps=20")
     weights = options["inception_weights"]
     if weights is not None and not cli.path(weights, "quality.inception_weights").is_file():
         raise cli.UsageError(f"quality.inception_weights={weights} is not a file; give the local "
@@ -272,19 +278,18 @@ def main(cfg) -> dict:
     device = cli.device(cfg.device)
     model = load(cfg.ckpt, device)
     if "quality" in cfg.tasks:
-        quality_sampler(model, cfg.quality)
+        quality_sampler(model, cfg.sampler)
         check_memory(model, cfg.quality.num_samples, "quality.num_samples")
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     x = load_splits(model.config.data)[cfg.split].x
     x = x[: cfg.max_images].to(device) if cfg.max_images else x.to(device)
-    log_cfg = plain(model.config.logger)
-    mode = cfg.logger or log_cfg.get("mode", "offline")
+    log_cfg = logger_settings(model, cfg.logger)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     summary, images = {}, {}
-    with RunLogger(out, mode=mode, project=log_cfg.get("project", "lsgm"), group=log_cfg.get("group"),
-                   name=f"{Path(cfg.ckpt).resolve().parent.parent.name}-eval",
+    with RunLogger(out, mode=log_cfg.get("mode", "offline"), project=log_cfg.get("project", "lsgm"),
+                   group=log_cfg.get("group"), name=f"{Path(cfg.ckpt).resolve().parent.parent.name}-eval",
                    tags=["eval"], job_type="eval", config=OmegaConf.to_container(cfg)) as logger:
         if "nll" in cfg.tasks and not model.has_likelihood:  # an LDM: its decoder is not a likelihood
             rmse = torch.cat([model.reconstruction_error(batch) for batch in x.split(cfg.batch_size)])
@@ -313,7 +318,8 @@ def main(cfg) -> dict:
 
 
 TASKS = ("nll", "bound", "quality")
-TASK_CHECKS = {"nll": check_nll_options, "bound": check_bound_options, "quality": check_quality_options}
+TASK_CHECKS = {"nll": (check_nll_options, "nll.k=4"), "bound": (check_bound_options, "bound.T=1000"),
+               "quality": (check_quality_options, "quality.num_samples=1000")}
 
 if __name__ == "__main__":
-    run(main, DEFAULTS, "lsgm.evaluate")
+    run(main, CONFIG, "lsgm.evaluate")

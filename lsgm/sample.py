@@ -1,13 +1,20 @@
-"""`python -m lsgm.sample ckpt=PATH num_samples=N sampler=ode|sde|ddpm|ddim|heun|dpm2m|pc out=FILE.npz`
+"""`python -m lsgm.sample ckpt=PATH [num_samples=N] [sampler=ode|sde|ddpm|ddim|heun|dpm2m|pc] [out=FILE.npz]`
 
 Draws samples from a trained model (EMA weights) and writes them as `.npz` — first array `samples`,
 N×C×H×W integers in 0..levels−1, then `levels` — with a PNG grid beside it (`out=x.npz` or `out=x.png`: both
-write x.npz and x.png); prints the NFE and the two paths. Sampler options default to
-configs/sampler/<name>.yaml and are overridden by `options.<key>=value`.
-A class-conditional model takes `condition.class=3 guidance=2.0` (classifier-free guidance scale;
-0 is the unconditional model, 1 the conditional one). A progress bar counts the sampler's steps on stderr
-(`progress=false`: none). Every argument is checked before the model loads.
+write x.npz and x.png); prints the NFE and the two paths.
+
+The arguments are hydra overrides of configs/sample.yaml (`lsgm.cli`; `--help` prints it), whose `sampler` is
+training's group: `sampler=dpm2m sampler.options.steps=10` as in train_joint.py, the options defaulting to
+configs/sampler/<name>.yaml; an option the file does not list is added as `+sampler.options.eta=0.5` (struct
+mode, as in training), and a given time grid `+sampler.options.times=[...]` replaces the file's grid options
+(steps, t_eps, rho). A class-conditional model takes `condition.class=3 guidance=2.0` (classifier-free guidance
+scale; 0 is the unconditional model, 1 the conditional one). A progress bar counts the sampler's steps on stderr
+(`progress=false`: none). Every argument is checked before the model loads, the sampler's options against what
+the sampler and the model take once it has loaded.
 Exit status (`lsgm.cli`): 0 done, 2 bad input, 3 sampling diverged, 4 interrupted.
+
+    python -m lsgm.sample ckpt=runs/x/checkpoints/best.pt num_samples=16 sampler=dpm2m sampler.options.steps=10
 """
 
 from __future__ import annotations
@@ -28,20 +35,7 @@ from .data import checks, to_levels
 from .images import save_image_grid, upscale_factor
 from .progress import progress_bar
 
-DEFAULTS = {
-    "ckpt": "???",
-    "num_samples": 64,
-    "sampler": "ode",
-    "options": {},
-    "temperature": 1.0,
-    "batch_size": 256,
-    "seed": 0,
-    "device": "auto",
-    "out": "samples.npz",
-    "condition": {"class": None},
-    "guidance": 1.0,
-    "progress": True,
-}
+CONFIG = "sample"  # configs/sample.yaml: the command's keys and defaults
 ADAPTIVE_SAMPLERS = ("ode",)  # steps chosen by the solver: their number is not known in advance
 
 
@@ -100,7 +94,7 @@ NOT_OPTIONS = (*SET_BY_DRAW, "callback")
 BYTES_PER_SAMPLE_ELEMENT = 17  # float32 batches + their concatenation, int64 levels, the uint8 copy written
 
 
-def check_sampler(sampler, name: str = "sampler") -> str:
+def check_sampler(sampler, name: str = "sampler.name") -> str:
     return cli.choice(sampler, tuple(SAMPLERS), name)
 
 
@@ -117,7 +111,7 @@ def option_defaults(sampler: str) -> dict:
     return {**function_defaults, **DEFAULT_GRIDS.get(sampler, {}), **sampler_defaults(sampler)}
 
 
-def check_sampler_options(model, sampler: str, options: dict, name: str = "options") -> dict:
+def check_sampler_options(model, sampler: str, options: dict, name: str = "sampler.options") -> dict:
     """`options` if the sampler (or model.sample) takes each of them, with a value of its default's type."""
     options = cli.mapping(options, name, f"{name}.steps=20")
     model_defaults = model_options(model)
@@ -164,12 +158,13 @@ OPTION_CHECKS = {  # sampler options whose values are checked beyond their defau
 }
 
 
-def with_defaults(sampler: str, options, defaults: dict) -> dict:
-    """`options` over the sampler's `defaults`, without the default grid options when `times` is given."""
-    options = cli.mapping(options, "options", "options.steps=20")
-    if "times" in options:
-        defaults = {key: value for key, value in defaults.items() if key not in DEFAULT_GRIDS.get(sampler, {})}
-    return {**defaults, **options}
+def with_defaults(sampler: str, options, defaults: dict | None = None) -> dict:
+    """`options` over `defaults`; when `times` is among them, without the grid options (`DEFAULT_GRIDS`: steps,
+    t_eps, rho) that a given time grid replaces."""
+    merged = {**(defaults or {}), **cli.mapping(options, "sampler.options", "sampler.options.steps=20")}
+    if "times" in merged:
+        merged = {key: value for key, value in merged.items() if key not in DEFAULT_GRIDS.get(sampler, {})}
+    return merged
 
 
 def check_like(value, default, name: str) -> None:
@@ -192,13 +187,19 @@ def check_arguments(cfg) -> None:
     cli.finite_number(cfg.guidance, "guidance")
     cli.seed(cfg.seed)
     cli.boolean(cfg.progress, "progress")
-    check_sampler(cfg.sampler)
-    cli.mapping(cfg.options, "options", "options.steps=20")
+    check_sampler_config(cfg.sampler)
     label = cli.mapping(cfg.condition, "condition", "condition.class=3")["class"]
     if label is not None:
         cli.non_negative_integer(label, "condition.class")
     for path in sample_paths(cli.output_file(cfg.out, "out", (".npz", ".png"))):
         cli.writable(path, "out")
+
+
+def check_sampler_config(sampler) -> None:
+    """The `sampler` node: a name of `sde.sampling.SAMPLERS` and a mapping of options."""
+    cli.mapping(sampler, "sampler", "sampler=dpm2m")
+    check_sampler(sampler.name)
+    cli.mapping(sampler.options, "sampler.options", "sampler.options.steps=20")
 
 
 def check_memory(model, num_samples: int, name: str = "num_samples") -> None:
@@ -212,16 +213,16 @@ def main(cfg) -> None:
     check_arguments(cfg)
     device = cli.device(cfg.device)
     model = load(cfg.ckpt, device)
-    options = with_defaults(cfg.sampler, cfg.options, sampler_defaults(cfg.sampler))
-    options = check_sampler_options(model, cfg.sampler, options)
+    sampler = cfg.sampler.name
+    options = check_sampler_options(model, sampler, with_defaults(sampler, cfg.sampler.options))
     check_memory(model, cfg.num_samples)
     label = cfg.condition["class"]
     y = None if label is None else torch.full((cfg.num_samples,), int(label), dtype=torch.long)
-    images, nfe = draw(model, cfg.num_samples, cfg.sampler, options, cfg.temperature, cfg.batch_size, cfg.seed,
-                       y, cfg.guidance, cfg.progress)
+    images, nfe = draw(model, cfg.num_samples, sampler, options, cfg.temperature, cfg.batch_size, cfg.seed, y,
+                       cfg.guidance, cfg.progress)
     npz, png = write_samples(images, model.levels, cfg.out)
-    print(f"{cfg.num_samples} samples with {cfg.sampler} ({nfe} network evaluations per batch): {npz}, grid {png}")
+    print(f"{cfg.num_samples} samples with {sampler} ({nfe} network evaluations per batch): {npz}, grid {png}")
 
 
 if __name__ == "__main__":
-    run(main, DEFAULTS, "lsgm.sample")
+    run(main, CONFIG, "lsgm.sample")

@@ -65,7 +65,7 @@ def test_a_fresh_install_trains_samples_and_evaluates_outside_the_clone(tmp_path
     checkpoint = run_dir / "checkpoints" / "best.pt"
     assert checkpoint.is_file() and (run_dir / "train_joint.log").is_file()
 
-    sampled = run([bin_folder / "lsgm-sample", f"ckpt={checkpoint}", "sampler=dpm2m", "options.steps=4",
+    sampled = run([bin_folder / "lsgm-sample", f"ckpt={checkpoint}", "sampler=dpm2m", "sampler.options.steps=4",
                    "num_samples=4", f"out={elsewhere / 'samples.npz'}"], elsewhere)
     assert (elsewhere / "samples.npz").is_file() and (elsewhere / "samples.png").is_file(), sampled.stdout
 

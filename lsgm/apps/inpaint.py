@@ -7,7 +7,8 @@
 which inpaints the first `num_images` images of the checkpoint's dataset split under each mask (a type of
 `lsgm.apps.masks` or a .png path), writes a grid of (masked input, result, original) rows per mask, and prints
 and writes beside the PNG (same name, .csv) the RMSE on the unknown pixels against a baseline that fills them
-with the mean image of the train split.
+with the mean image of the train split. The arguments are hydra overrides of configs/inpaint.yaml, which holds
+the defaults above (`lsgm.cli`; `--help` prints it).
 
 RePaint conditions an unconditional model on the known part x_0 (mask m = 1) by changing its reverse chain
 alone. At every reverse step k → k − 1
@@ -37,7 +38,7 @@ from sde.sampling import CountedModel
 
 from . import cli
 from .chain import Chain, forward_step, model_chain, reverse_step, seeded
-from .masks import MASK_TYPES, check_mask, make_masks
+from .masks import check_mask, make_masks
 
 CONSISTENCY_LEARNING_RATE = 0.05
 LATENT_THRESHOLD = 0.5
@@ -170,11 +171,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
 
 
 # --- the command ------------------------------------------------------------------------------------------------
-DEFAULTS = {
-    "ckpt": "???", "masks": list(MASK_TYPES), "num_images": 8, "t_T": 250, "jump_length": 10, "jump_n_sample": 10,
-    "seed": 0, "out": "inpaint.png", "device": "auto", "split": "test", "latent_threshold": LATENT_THRESHOLD,
-    "consistency_steps": 0,
-}
+CONFIG = "inpaint"  # configs/inpaint.yaml: the command's keys and defaults
 
 
 def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -185,7 +182,7 @@ def unknown_rmse(estimate: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) ->
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the command (module docstring); returns the rows of the CSV."""
-    return run_command(run, DEFAULTS, "lsgm.apps.inpaint", argv)
+    return run_command(run, CONFIG, "lsgm.apps.inpaint", argv)
 
 
 def check_arguments(cfg) -> None:

@@ -6,6 +6,8 @@
 which interpolates `pairs` pairs of images of the checkpoint's dataset split (a number of pairs drawn with the
 seed, or a list of index pairs [[i,j],...]) and writes a PNG grid with one row per pair and t = f·T, f in
 `t_fractions` (one row per pair for method=ode), whose columns are the source x_0, one image per λ, and x'_0.
+The arguments are hydra overrides of configs/interpolate.yaml, which holds the defaults above (`lsgm.cli`;
+`--help` prints it).
 
 DDPM (Ho et al. 2020, §4.4): encode both sources to step t of the chain with the same noise ε,
 x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and x'_t = √ᾱ_t x'_0 + √(1 − ᾱ_t) ε, mix x̄_t = (1 − λ) x_t + λ x'_t, and decode x̄_t
@@ -116,10 +118,7 @@ def interpolate_ode(model, x0: torch.Tensor, x1: torch.Tensor, lambdas, **ode_op
 
 
 # --- the command ------------------------------------------------------------------------------------------------
-DEFAULTS = {
-    "ckpt": "???", "t_fractions": [0.0, 0.25, 0.5, 0.75, 1.0], "lambdas": [k / 8 for k in range(9)], "pairs": 2,
-    "method": "ddpm", "seed": 0, "out": "interp.png", "device": "auto", "split": "test",
-}
+CONFIG = "interpolate"  # configs/interpolate.yaml: the command's keys and defaults
 
 
 def choose_pairs(images: torch.Tensor, pairs, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +165,7 @@ def check_arguments(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the command (module docstring); returns the PNG's path."""
-    return run_command(run, DEFAULTS, "lsgm.apps.interpolate", argv)
+    return run_command(run, CONFIG, "lsgm.apps.interpolate", argv)
 
 
 def run(cfg) -> Path:

@@ -6,9 +6,10 @@ from torch import nn
 
 import sde
 from lsgm.build import load
+from lsgm.cli import compose
 from lsgm.conditioning import ClassCondition, MaskCondition, random_masks
 from lsgm.models import PixelSGM
-from lsgm.sample import DEFAULTS, main
+from lsgm.sample import CONFIG, main
 from lsgm.score_net import ResBlock, ScoreNet, timestep_embedding
 from lsgm.train import Trainer
 
@@ -115,11 +116,8 @@ def test_class_conditional_training_and_sampling_command(tmp_path, capsys):
     model = load(checkpoint)
     assert model.condition is not None and model.condition.kind == "class"
     out = tmp_path / "threes.npz"
-    cfg = {**DEFAULTS, "ckpt": str(checkpoint), "num_samples": 6, "sampler": "heun", "options": {"steps": 3},
-           "out": str(out), "condition": {"class": 3}, "guidance": 2.0}
-    from omegaconf import OmegaConf
-
-    main(OmegaConf.create(cfg))
+    main(compose(CONFIG, [f"ckpt={checkpoint}", "num_samples=6", "sampler=heun", "sampler.options.steps=3",
+                          f"out={out}", "condition.class=3", "guidance=2.0"]))
     import numpy as np
 
     samples = np.load(out)["samples"]

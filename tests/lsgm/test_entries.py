@@ -14,7 +14,7 @@ from PIL import Image
 
 from lsgm import evaluate, sample
 from lsgm.build import load, load_splits
-from lsgm.cli import UsageError, parse_arguments
+from lsgm.cli import UsageError, compose
 
 
 def test_load_gives_an_eval_model_with_ema_weights_that_samples_on_the_data_grid(tiny_checkpoint):
@@ -32,7 +32,7 @@ def test_load_gives_an_eval_model_with_ema_weights_that_samples_on_the_data_grid
 def test_sample_command_writes_npz_and_png(tiny_checkpoint, tmp_path):
     out = tmp_path / "s.npz"
     result = subprocess.run([sys.executable, "-m", "lsgm.sample", f"ckpt={tiny_checkpoint}", "num_samples=7",
-                             "sampler=ddim", "options.steps=4", f"out={out}"], capture_output=True, text=True,
+                             "sampler=ddim", "sampler.options.steps=4", f"out={out}"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 network evaluations" in result.stdout
@@ -44,10 +44,10 @@ def test_sample_command_writes_npz_and_png(tiny_checkpoint, tmp_path):
 
 
 def test_command_errors_are_one_line(tiny_checkpoint, tmp_path):
-    with pytest.raises(UsageError, match="unknown argument"):
-        parse_arguments({"ckpt": "???"}, ["ckpt=x", "samplr=ode"])
-    with pytest.raises(UsageError, match="missing required"):
-        parse_arguments({"ckpt": "???"}, [])
+    with pytest.raises(UsageError, match="unknown argument samplr=ode"):
+        compose(sample.CONFIG, ["ckpt=x", "samplr=ode"])
+    with pytest.raises(UsageError, match=r"missing required argument\(s\): ckpt=\.\.\."):
+        compose(sample.CONFIG, [])
     result = subprocess.run([sys.executable, "-m", "lsgm.sample", f"ckpt={tmp_path / 'nope.pt'}"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2  # bad input (lsgm.cli.BAD_INPUT)
@@ -66,12 +66,10 @@ def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_SILENT", "true")
     runs, init = [], wandb.init
     monkeypatch.setattr(wandb, "init", lambda **kwargs: runs.append(kwargs) or init(**kwargs))
-    cfg = OmegaConf.merge(OmegaConf.create(evaluate.DEFAULTS), OmegaConf.create({
-        "ckpt": str(tiny_checkpoint), "out": str(tmp_path), "logger": "offline", "max_images": 12,
-        "nll": {"k": 2, "rtol": 1e-3, "atol": 1e-3},
-        "bound": {"num_steps": 24, "progressive_images": 3},
-        "quality": {"num_samples": 32, "sampler": "heun", "options": {"steps": 3}},
-    }))
+    cfg = compose(evaluate.CONFIG, [f"ckpt={tiny_checkpoint}", f"out={tmp_path}", "logger.mode=offline",
+                                    "max_images=12", "nll.k=2", "nll.rtol=1e-3", "nll.atol=1e-3", "bound.num_steps=24",
+                                    "bound.progressive_images=3", "quality.num_samples=32", "sampler=heun",
+                                    "sampler.options.steps=3"])
     summary = evaluate.main(cfg)
     for name in ("nll.json", "bound.json", "quality.json", "samples.npz", "summary.json"):
         assert (tmp_path / name).is_file(), name

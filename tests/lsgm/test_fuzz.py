@@ -5,7 +5,8 @@ sampling diverges) and one line (`lsgm.cli.CommandError`), never a traceback fro
 Scope: `.npz` files (arrays of any dtype and shape under any keys, or random bytes) and image folders (images of
 any size and mode, or random bytes) with any reader options; `python -m lsgm.sample` end to end on a tiny model
 (loaded once); the arguments of lsgm.evaluate, lsgm.apps.inpaint and lsgm.apps.interpolate up to their checks;
-raw `key=value` text. Examples are few and small (about 10 s in all on one CPU core).
+raw `key=value` text through hydra's parser and composition (`lsgm.cli.compose`). Examples are few and small
+(about 10 s in all on one CPU core).
 """
 
 import importlib
@@ -13,14 +14,13 @@ import importlib
 import numpy as np
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from lsgm import evaluate, sample
 from lsgm.build import load
-from lsgm.cli import BAD_INPUT, DIVERGED, CommandError, UsageError, parse_arguments, run
+from lsgm.cli import BAD_INPUT, DIVERGED, CommandError, UsageError, compose, run
 from lsgm.data import DataError, load_dataset
 
 inpaint = importlib.import_module("lsgm.apps.inpaint")
@@ -122,11 +122,11 @@ def test_image_folders_load_or_raise_one_data_error(tmp_path_factory, images, da
 
 
 # --- the entry points --------------------------------------------------------------------------------------------
-def finishes_or_refuses(main, defaults: dict, program: str, argv: list[str]) -> None:
+def finishes_or_refuses(main, config: str, program: str, argv: list[str]) -> None:
     """run(...) returns, or exits with BAD_INPUT (or DIVERGED: sampling met a non-finite value, as with
     temperature=1e30) and one line naming the program."""
     try:
-        run(main, defaults, program, argv)
+        run(main, config, program, argv)
         event("finished")
     except CommandError as error:
         event(str(error)[:60])
@@ -134,10 +134,24 @@ def finishes_or_refuses(main, defaults: dict, program: str, argv: list[str]) -> 
         assert "\n" not in str(error), str(error)
 
 
+def override_text(value) -> str:
+    """A value in hydra's override grammar: null, true/false, numbers (nan, inf), quoted strings, [lists], {dicts}."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{override_text(item)}" for key, item in value.items()) + "}"
+    return "[" + ",".join(override_text(item) for item in value) + "]"
+
+
 def dotlist(overrides: dict) -> list[str]:
-    """`key=value` arguments that parse back to `overrides` (values written as YAML flow text)."""
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix('...' + chr(10)).strip()}"
-            for key, value in overrides.items()]
+    """`key=value` arguments that hydra parses back to `overrides`."""
+    return [f"{key}={override_text(value)}" for key, value in overrides.items()]
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +159,12 @@ def tiny_model(tiny_checkpoint):
     return load(tiny_checkpoint)
 
 
-SAMPLER_OPTIONS = {  # a few steps each, and the options each sampler takes
-    "heun": {"options.rho": st.floats(1, 10), "options.t_eps": st.floats(1e-3, 0.1)},
-    "dpm2m": {"options.rho": st.floats(1, 10)},
-    "ddim": {"options.eta": st.floats(0, 1)},
-    "sde": {"options.method": st.sampled_from(["euler", "milstein"])},
-    "pc": {"options.snr": st.floats(0.01, 1), "options.n_corrector": st.integers(0, 2)},
+SAMPLER_OPTIONS = {  # a few steps each, and the options each sampler takes (++: whether its config lists them or not)
+    "heun": {"++sampler.options.rho": st.floats(1, 10), "++sampler.options.t_eps": st.floats(1e-3, 0.1)},
+    "dpm2m": {"++sampler.options.rho": st.floats(1, 10)},
+    "ddim": {"++sampler.options.eta": st.floats(0, 1)},
+    "sde": {"++sampler.options.method": st.sampled_from(["euler", "milstein"])},
+    "pc": {"++sampler.options.snr": st.floats(0.01, 1), "++sampler.options.n_corrector": st.integers(0, 2)},
 }
 
 
@@ -162,14 +176,15 @@ def test_sample_finishes_or_refuses_its_arguments(tmp_path_factory, tiny_checkpo
     arguments = mostly_valid(data, {
         "ckpt": st.just(str(tiny_checkpoint)), "num_samples": st.integers(1, 4), "batch_size": st.integers(1, 4),
         "temperature": st.floats(0.1, 1.5), "guidance": st.floats(-2, 3), "seed": st.integers(0, 2**63 - 1),
-        "sampler": st.just(sampler), "options.steps": st.integers(2, 4), "options.X": st.just(ABSENT),
+        "sampler": st.just(sampler), "++sampler.options.steps": st.integers(2, 4),
+        "+sampler.options.X": st.just(ABSENT),
         "condition.class": st.just(ABSENT), "device": st.just("cpu"),
         "out": st.sampled_from(["s.npz", "s.png"]).map(lambda name: str(out / name)), **SAMPLER_OPTIONS[sampler],
     })
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(out.parent)  # a hostile `out` such as a.png is written there
         patch.setattr(sample, "load", lambda path, device: tiny_model)
-        finishes_or_refuses(sample.main, sample.DEFAULTS, "lsgm.sample", dotlist(arguments))
+        finishes_or_refuses(sample.main, sample.CONFIG, "lsgm.sample", dotlist(arguments))
 
 
 def checked(module):
@@ -177,25 +192,24 @@ def checked(module):
     return lambda cfg: module.check_arguments(cfg)
 
 
-COMMANDS = [(evaluate, evaluate.DEFAULTS, "lsgm.evaluate"), (inpaint, inpaint.DEFAULTS, "lsgm.apps.inpaint"),
-            (interpolate, interpolate.DEFAULTS, "lsgm.apps.interpolate")]
+COMMANDS = [(evaluate, "lsgm.evaluate"), (inpaint, "lsgm.apps.inpaint"), (interpolate, "lsgm.apps.interpolate")]
+NESTED_KEYS = ["nll.k", "bound.T", "sampler.name", "+sampler.options.steps", "logger.mode"]  # evaluate's
 
 
 @FUZZ
 @given(command=st.sampled_from(COMMANDS), data=st.data())
 def test_command_arguments_pass_their_checks_or_are_refused(command, data):
-    module, defaults, program = command
-    keys = sorted(key for key in defaults if key != "ckpt")
-    overrides = data.draw(st.dictionaries(st.sampled_from(keys + ["nll.k", "bound.T", "quality.options.steps"]),
-                                          VALUES, min_size=1, max_size=3))
-    overrides = {key: value for key, value in overrides.items() if key.split(".")[0] in defaults}
-    finishes_or_refuses(checked(module), defaults, program, ["ckpt=model.pt", *dotlist(overrides)])
+    module, program = command
+    keys = sorted(key for key in compose(module.CONFIG, ["ckpt=model.pt"]) if key != "ckpt")
+    overrides = data.draw(st.dictionaries(st.sampled_from(keys + NESTED_KEYS), VALUES, min_size=1, max_size=3))
+    overrides = {key: value for key, value in overrides.items() if key.lstrip("+").split(".")[0] in keys}
+    finishes_or_refuses(checked(module), module.CONFIG, program, ["ckpt=model.pt", *dotlist(overrides)])
 
 
 @FUZZ
 @given(text=st.text(max_size=12))
 def test_raw_argument_text_parses_or_is_refused(text):
     try:
-        parse_arguments(sample.DEFAULTS, ["ckpt=model.pt", f"out={text}", f"options.steps={text}"])
+        compose(sample.CONFIG, ["ckpt=model.pt", f"out={text}", f"sampler.options.rtol={text}", text])
     except UsageError as error:
         assert "\n" not in str(error)

@@ -18,10 +18,10 @@ inpaint = importlib.import_module("lsgm.apps.inpaint")  # the module: lsgm.apps.
 interpolate = importlib.import_module("lsgm.apps.interpolate")
 
 COMMANDS = {
-    "sample": (sample.main, sample.DEFAULTS, "lsgm.sample"),
-    "evaluate": (evaluate.main, evaluate.DEFAULTS, "lsgm.evaluate"),
-    "inpaint": (inpaint.run, inpaint.DEFAULTS, "lsgm.apps.inpaint"),
-    "interpolate": (interpolate.run, interpolate.DEFAULTS, "lsgm.apps.interpolate"),
+    "sample": (sample.main, sample.CONFIG, "lsgm.sample"),
+    "evaluate": (evaluate.main, evaluate.CONFIG, "lsgm.evaluate"),
+    "inpaint": (inpaint.run, inpaint.CONFIG, "lsgm.apps.inpaint"),
+    "interpolate": (interpolate.run, interpolate.CONFIG, "lsgm.apps.interpolate"),
 }
 
 
@@ -30,9 +30,9 @@ def refusal(command: str, *arguments: str, ckpt: str = "no/such/checkpoint.pt") 
 
     The default checkpoint does not exist, so a message about anything else shows that the argument was checked
     before the model was loaded."""
-    main, defaults, program = COMMANDS[command]
+    main, config, program = COMMANDS[command]
     with pytest.raises(CommandError) as raised:
-        run(main, defaults, program, [f"ckpt={ckpt}", *arguments])
+        run(main, config, program, [f"ckpt={ckpt}", *arguments])
     assert raised.value.code == BAD_INPUT
     message = str(raised.value)
     assert message.startswith(f"{program}: error: ") and "\n" not in message, message
@@ -43,29 +43,51 @@ def refusal(command: str, *arguments: str, ckpt: str = "no/such/checkpoint.pt") 
     ("sample", ["num_samples=0"], "num_samples must be a positive integer, got 0"),
     ("sample", ["num_samples=-3"], "num_samples must be a positive integer, got -3"),
     ("sample", ["batch_size=0"], "batch_size must be a positive integer, got 0"),
-    ("sample", ["temperature=nan"], "temperature must be a finite number > 0, got 'nan'"),
-    ("sample", ["temperature=.inf"], "temperature must be a finite number > 0, got inf"),
+    ("sample", ["temperature=nan"], "temperature must be a finite number > 0, got nan"),
+    ("sample", ["temperature=inf"], "temperature must be a finite number > 0, got inf"),
+    ("sample", ["temperature=.inf"], "temperature must be a finite number > 0, got '.inf'"),
     ("sample", ["guidance=abc"], "guidance must be a finite number, got 'abc'"),
     ("sample", ["seed=-1"], "seed must be an integer in 0..2**63-1, got -1"),
-    ("sample", ["sampler=euler_a"], "unknown sampler 'euler_a'; valid: ode, sde, ddpm, ddim, heun, dpm2m, pc"),
-    ("sample", ["options=3"], "options must be a set of options such as options.steps=20, got 3"),
+    ("sample", ["sampler=euler_a"], "unknown sampler 'euler_a'; valid: ddim, ddpm, dpm2m, heun, ode, pc, sde"),
+    ("sample", ["sampler.name=euler_a"], "unknown sampler.name 'euler_a'; valid: ode, sde, ddpm, ddim, heun, dpm2m, "
+                                         "pc"),
+    ("sample", ["sampler.options=3"], "sampler.options must be a set of options such as sampler.options.steps=20, "
+                                      "got 3"),
+    ("sample", ["sampler.options.eta=0.5"], "unknown argument sampler.options.eta=0.5 (sampler.options holds the "
+                                            "options that the sampler's config file lists: add another as "
+                                            "+sampler.options.eta=0.5, as in training); valid: sampler=<ddim|ddpm|"),
+    ("sample", ["+sampler.options.rtol=1e-3"], "sampler.options.rtol is already in the config; set it without the +"),
     ("sample", ["condition.class=-2"], "condition.class must be an integer ≥ 0, got -2"),
     ("sample", ["out=samples.jpg"], "out must be a file name ending in .npz or .png, got 'samples.jpg'"),
     ("sample", ["device=gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("sample", ["num_samples=[1,"], "cannot parse 'num_samples=[1,'"),
-    ("sample", ["out=${nowhere}"], "cannot combine the arguments"),
-    ("sample", ["condition.label=3"], "unknown argument(s) ['condition.label']; valid: ['batch_size', 'ckpt', "
-                                      "'condition.class'"),
+    ("sample", ["num_samples"], "cannot parse 'num_samples' (missing EQUAL at '<EOF>')"),
+    ("sample", ["tasks=nll,bound"], "tasks=nll,bound is a sweep, which this command does not run; write a list as "
+                                    "key=[a,b]"),
+    ("sample", ["--multirun"], "unknown flag --multirun; the arguments are key=value overrides"),
+    ("sample", ["hydra.run.dir=x"], "hydra.run.dir=x: hydra's own settings do not apply to this command"),
+    ("sample", ["sampler=[1]"], "cannot compose the arguments: "),
+    ("sample", ["out=${nowhere}"], "cannot resolve the arguments ['ckpt=no/such/checkpoint.pt', 'out=${nowhere}']"),
+    ("sample", ["condition.label=3"], "unknown argument condition.label=3; valid: sampler=<ddim|ddpm|dpm2m|heun|ode|"
+                                      "pc|sde>, sampler.name, sampler.options.method, sampler.options.rtol, "
+                                      "sampler.options.atol, ckpt, num_samples, "),
+    ("sample", ["logger=none"], "unknown argument logger=none; valid: sampler=<"),
     ("evaluate", ["tasks=[]"], "tasks must be a non-empty list such as tasks=[nll,bound], got []"),
     ("evaluate", ["tasks=[nll,fid]"], "unknown task 'fid'; valid: nll, bound, quality"),
     ("evaluate", ["split=dev"], "unknown split 'dev'; valid: train, val, test"),
     ("evaluate", ["max_images=0"], "max_images must be a positive integer, got 0"),
     ("evaluate", ["nll.k=0"], "nll.k must be a positive integer, got 0"),
-    ("evaluate", ["nll.kk=4"], "unknown argument(s) ['nll.kk']"),
+    ("evaluate", ["nll.kk=4"], "unknown argument nll.kk=4; valid: sampler=<ddim|ddpm|dpm2m|heun|ode|pc|sde>, "
+                               "logger=<none|wandb>, ckpt, tasks,"),
     ("evaluate", ["bound.report_steps=[]"], "bound.report_steps must be a non-empty list"),
     ("evaluate", ["quality.num_samples=0"], "quality.num_samples must be a positive integer, got 0"),
-    ("evaluate", ["quality.sampler=euler_a"], "unknown quality.sampler 'euler_a'"),
-    ("evaluate", ["logger=cloud"], "unknown logger 'cloud'; valid: offline, online, disabled, none"),
+    ("evaluate", ["sampler=euler_a"], "unknown sampler 'euler_a'; valid: ddim, ddpm, dpm2m, heun, ode, pc, sde"),
+    ("evaluate", ["sampler.name=euler_a"], "unknown sampler.name 'euler_a'"),
+    ("evaluate", ["sampler.options.steps=3"], "unknown argument sampler.options.steps=3 (sampler.options holds the "
+                                              "options that the sampler's config file lists: add another as "
+                                              "+sampler.options.steps=3"),
+    ("evaluate", ["logger=cloud"], "unknown logger 'cloud'; valid: none, wandb"),
+    ("evaluate", ["logger.mode=cloud"], "unknown logger.mode 'cloud'; valid: offline, online, disabled, none"),
     ("inpaint", ["masks=[]"], "masks must be a non-empty list such as masks=[half,wide], got []"),
     ("inpaint", ["masks=[square]"], "unknown mask 'square'; valid: wide, narrow, half, lines, every_second, expand"),
     ("inpaint", ["num_images=0"], "num_images must be a positive integer, got 0"),
@@ -108,15 +130,17 @@ def test_a_mask_that_is_not_an_image_is_refused(tmp_path):
 
 
 def test_unknown_sampler_options_are_refused_before_sampling(tiny_checkpoint):
-    message = refusal("sample", "sampler=heun", "options.X=1", ckpt=str(tiny_checkpoint))
+    message = refusal("sample", "sampler=heun", "+sampler.options.X=1", ckpt=str(tiny_checkpoint))
     assert message.startswith("unknown option(s) ['X'] of sampler heun; valid: ")  # the sampler's and model.sample's
     assert {"prior", "rho", "steps", "t_eps", "times"} <= set(message.split("valid: ")[1].split(", "))
-    assert refusal("sample", "sampler=ode", "options.rtol=-1", ckpt=str(tiny_checkpoint)) == \
-        "options.rtol must be a finite number > 0, got -1"
-    assert refusal("sample", "sampler=ddim", "options.eta=fast", ckpt=str(tiny_checkpoint)) == \
-        "options.eta must be a finite number ≥ 0, got 'fast'"
-    assert refusal("evaluate", "tasks=[quality]", "quality.options.X=1", ckpt=str(tiny_checkpoint)).startswith(
-        "unknown option(s) ['X'] of sampler")
+    assert refusal("sample", "sampler=ode", "sampler.options.rtol=-1", ckpt=str(tiny_checkpoint)) == \
+        "sampler.options.rtol must be a finite number > 0, got -1"
+    assert refusal("sample", "sampler=ddim", "sampler.options.eta=fast", ckpt=str(tiny_checkpoint)) == \
+        "sampler.options.eta must be a finite number ≥ 0, got 'fast'"
+    assert refusal("evaluate", "tasks=[quality]", "+sampler.options.X=1", ckpt=str(tiny_checkpoint)).startswith(
+        "unknown option(s) ['X'] of sampler")  # the run's own sampler
+    assert refusal("evaluate", "tasks=[quality]", "sampler=ddim", "+sampler.options.X=1",
+                   ckpt=str(tiny_checkpoint)).startswith("unknown option(s) ['X'] of sampler ddim")
 
 
 def test_a_request_larger_than_memory_is_refused_before_sampling(tiny_checkpoint):
@@ -127,10 +151,10 @@ def test_a_request_larger_than_memory_is_refused_before_sampling(tiny_checkpoint
 
 
 def test_sampling_that_diverges_exits_with_status_3_in_one_line(tiny_checkpoint):
-    main, defaults, program = COMMANDS["sample"]
+    main, config, program = COMMANDS["sample"]
     with pytest.raises(CommandError) as raised:
-        run(main, defaults, program, [f"ckpt={tiny_checkpoint}", "temperature=1e30", "sampler=heun", "options.steps=2",
-                                      "num_samples=2", "out=never.npz"])
+        run(main, config, program, [f"ckpt={tiny_checkpoint}", "temperature=1e30", "sampler=heun",
+                                    "sampler.options.steps=2", "num_samples=2", "out=never.npz"])
     assert raised.value.code == DIVERGED
     assert str(raised.value).startswith("lsgm.sample: error: non-finite value in eps_fn's output at t = 1")
     assert str(raised.value).endswith("or lower temperature, guidance or the sampler's options")
@@ -138,11 +162,20 @@ def test_sampling_that_diverges_exits_with_status_3_in_one_line(tiny_checkpoint)
 
 @pytest.mark.parametrize("out", ["a.png", "a.npz"])
 def test_sample_writes_and_prints_the_paths_out_names(tiny_checkpoint, tmp_path, capsys, out):
-    run(sample.main, sample.DEFAULTS, "lsgm.sample", [f"ckpt={tiny_checkpoint}", "num_samples=2", "sampler=heun",
-                                                      "options.steps=2", f"out={tmp_path / out}"])
+    run(sample.main, sample.CONFIG, "lsgm.sample", [f"ckpt={tiny_checkpoint}", "num_samples=2", "sampler=heun",
+                                                    "sampler.options.steps=2", f"out={tmp_path / out}"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.npz", "a.png"]
     assert capsys.readouterr().out.strip().endswith(f": {tmp_path / 'a.npz'}, grid {tmp_path / 'a.png'}")
     assert np.load(tmp_path / "a.npz")["samples"].shape == (2, 1, 8, 8)
+
+
+def test_a_given_time_grid_replaces_the_grid_options_of_the_sampler_config(tiny_checkpoint, tmp_path, capsys):
+    """configs/sampler/dpm2m.yaml sets steps=20; +sampler.options.times gives the grid instead (one network
+    evaluation per point, as steps counts them)."""
+    run(sample.main, sample.CONFIG, "lsgm.sample", [f"ckpt={tiny_checkpoint}", "num_samples=2", "sampler=dpm2m",
+                                                    "+sampler.options.times=[1.0,0.5,0.001]", "progress=false",
+                                                    f"out={tmp_path / 's.npz'}"])
+    assert "samples with dpm2m (3 network evaluations per batch)" in capsys.readouterr().out
 
 
 def test_commands_exit_with_status_2_and_one_line(tmp_path):

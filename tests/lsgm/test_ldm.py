@@ -215,16 +215,14 @@ def test_the_spike_guard_tracks_the_reconstruction_term_not_the_adversarial_swin
 def test_evaluate_runs_every_task_on_an_ldm(tmp_path):
     """lsgm.evaluate on an LDM checkpoint: the reconstruction error in place of the NLL, progressive coding through
     the latent chain (distortion of decoded predictions, rate per data dimension), and sample quality."""
-    from omegaconf import OmegaConf
-
     from lsgm import evaluate
+    from lsgm.cli import compose
 
     train(ldm_config("train.eval_every=4"), tmp_path / "run")
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
-    cfg = OmegaConf.merge(OmegaConf.create(evaluate.DEFAULTS), OmegaConf.create({
-        "ckpt": str(checkpoint), "out": str(tmp_path / "eval"), "logger": "none", "max_images": 12,
-        "bound": {"num_steps": 12, "progressive_images": 3},
-        "quality": {"num_samples": 32, "sampler": "dpm2m", "options": {"steps": 3}}}))
+    cfg = compose(evaluate.CONFIG, [f"ckpt={checkpoint}", f"out={tmp_path / 'eval'}", "logger=none", "max_images=12",
+                                    "bound.num_steps=12", "bound.progressive_images=3", "quality.num_samples=32",
+                                    "sampler=dpm2m", "sampler.options.steps=3"])
     summary = evaluate.main(cfg)
     model = load(checkpoint)
     x = load_dataset("digits", split="test").x[:12]

@@ -3,13 +3,12 @@ over the test NLL's images, quiet off a terminal and silenced by progress=false.
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lsgm import evaluate
 from lsgm.build import load, load_splits
-from lsgm.cli import UsageError
+from lsgm.cli import UsageError, compose
 from lsgm.progress import progress_bar
-from lsgm.sample import DEFAULTS, check_arguments, draw
+from lsgm.sample import CONFIG, check_arguments, draw
 
 
 def test_off_a_terminal_the_bar_redraws_at_most_every_30_seconds(capsys):
@@ -48,6 +47,6 @@ def test_the_nll_bar_counts_images(tiny_checkpoint, capsys):
 
 
 def test_progress_must_be_true_or_false():
-    cfg = OmegaConf.create({**DEFAULTS, "ckpt": "x.pt", "progress": "sometimes"})
+    cfg = compose(CONFIG, ["ckpt=x.pt", "progress=sometimes"])
     with pytest.raises(UsageError, match="progress must be true or false"):
         check_arguments(cfg)

@@ -32,11 +32,15 @@ def test_a_script_names_itself_in_its_errors(name, monkeypatch, capsys):
     with pytest.raises(CommandError) as stopped:
         getattr(scripts, name)()
     assert stopped.value.code == BAD_INPUT
-    assert capsys.readouterr().err.startswith(f"lsgm-{name}: error: unknown argument(s) ['no_such_key']")
+    assert capsys.readouterr().err.startswith(f"lsgm-{name}: error: unknown argument no_such_key=1; valid: ")
 
 
 def test_a_script_prints_its_own_usage(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["lsgm-sample", "--help"])
-    with pytest.raises(SystemExit):
+    monkeypatch.setattr(sys, "argv", ["lsgm-sample", "sampler=dpm2m", "--help"])
+    with pytest.raises(SystemExit) as stopped:
         scripts.sample()
-    assert capsys.readouterr().out.startswith("usage: lsgm-sample key=value ...")
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lsgm-sample key=value ...")
+    assert "    sampler=ddim|ddpm|dpm2m|heun|ode|pc|sde\n" in out  # training's sampler group
+    assert "sampler:\n  name: dpm2m\n  options:\n    steps: 20\n" in out  # the config composed with the arguments
