@@ -1,14 +1,20 @@
-"""One process or many (torchrun): the device, the rank, and gradient averaging across ranks.
+"""One process or many (torchrun): the device, the rank, gradient averaging across ranks, and the noise streams of
+micro-batches.
 
 Under torchrun (WORLD_SIZE > 1) the process group uses NCCL on CUDA and Gloo on the CPU. Gradients
 are averaged with one flattened all-reduce per parameter group after the backward passes — the
 same arithmetic as DistributedDataParallel, without its one-backward-per-forward restriction (the
 joint objective runs two backward passes, one per optimizer).
+
+A step of W processes × A micro-batches (`train.accumulate`) is the step of W·A processes: micro-batch i of rank r
+takes the examples and draws the noise that rank r + W·i of W·A would (`NoiseStreams`), so that the arithmetic is
+the same up to the order of the sums (tests/lsgm/test_distributed.py: 2 processes against 1 process × 2).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +81,62 @@ def broadcast_module(module: torch.nn.Module, context: Context) -> None:
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         dist.broadcast(tensor.data, src=0)
+
+
+def mean_over_ranks(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """The mean of `values` over the ranks (one all-reduce; the values themselves in one process)."""
+    if context.world_size <= 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / context.world_size
+
+
+class NoiseStreams:
+    """The random streams of a step's A micro-batches on this rank: micro-batch i draws from the stream rank
+    r + W·i of a world of W·A processes would draw from (seeded seed + r + W·i, as `Trainer` seeds a rank), on the
+    CPU's generator and the device's. With A = 1 the global generators serve (nothing is swapped).
+
+    `drawing(i)` swaps stream i into the global generators for the block (a forward pass) and keeps where it ended;
+    `state_dict()` holds every stream's state for a checkpoint, so a resumed run continues them exactly."""
+
+    def __init__(self, seed: int, micro_batches: int, context: Context):
+        self.device = context.device if context.device.type == "cuda" else None
+        self.states = []
+        if micro_batches > 1:
+            with torch.random.fork_rng(devices=[self.device] if self.device is not None else []):
+                for index in range(micro_batches):
+                    torch.manual_seed(seed + context.rank + context.world_size * index)
+                    self.states.append(self._current())
+
+    def _current(self) -> list[torch.Tensor]:
+        return [torch.get_rng_state(), *([torch.cuda.get_rng_state(self.device)] if self.device is not None else [])]
+
+    def _set(self, state: list[torch.Tensor]) -> None:
+        torch.set_rng_state(state[0].cpu())
+        if self.device is not None:
+            torch.cuda.set_rng_state(state[1].cpu(), self.device)
+
+    def drawing(self, index: int):
+        return self._swapped(index) if self.states else nullcontext()
+
+    @contextmanager
+    def _swapped(self, index: int):
+        outside = self._current()
+        self._set(self.states[index])
+        try:
+            yield
+        finally:
+            self.states[index] = self._current()
+            self._set(outside)
+
+    def state_dict(self) -> list[list[torch.Tensor]]:
+        return [list(state) for state in self.states]
+
+    def load_state_dict(self, states: list) -> None:
+        if len(states) != len(self.states):
+            raise ValueError(f"{len(states)} noise streams saved, {len(self.states)} micro-batches now")
+        self.states = [list(state) for state in states]
 
 
 def any_rank(flag: bool, context: Context) -> bool:

@@ -39,6 +39,9 @@ def check_train_config(train) -> None:
         value = train.get(key)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"train.{key} must be a positive number, got {value!r}")
+    accumulate = train.get("accumulate", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate <= 0:
+        raise ValueError(f"train.accumulate must be a positive integer (micro-batches a step), got {accumulate!r}")
     skipped = train.get("max_skipped_steps", 1)
     if not isinstance(skipped, int) or skipped <= 0:
         raise ValueError(f"train.max_skipped_steps must be a positive integer, got {skipped!r}")

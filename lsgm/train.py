@@ -140,10 +140,11 @@ class Trainer:
                                                  weight_decay=self.train_cfg.weight_decay_score, foreach=True) \
             if self.score_parameters else None
         self.ema = EMA(score_named, self.train_cfg.ema_decay)
-        world = self.context.world_size
-        if self.train_cfg.batch_size % world:
+        world, self.micro_batches = self.context.world_size, self.train_cfg.get("accumulate", 1)
+        if self.train_cfg.batch_size % (world * self.micro_batches):
             raise ValueError(f"train.batch_size ({self.train_cfg.batch_size}) must be divisible by the {world} "
-                             "processes")
+                             f"process(es) × train.accumulate ({self.micro_batches}) micro-batches")
+        self.noise = distributed.NoiseStreams(cfg.seed, self.micro_batches, self.context)
         self.stream = BatchStream(train.to(self.device), self.train_cfg.batch_size // world, seed=cfg.seed,
                                   rank=self.context.rank, world_size=world)
         self.progress = Progress()
@@ -240,9 +241,23 @@ class Trainer:
         set_rng_state(state["rng"])  # rank 0's; the other ranks draw their own noise, seeded by rank and step
         if self.context.rank:
             torch.manual_seed(self.cfg.seed + 1_000_003 * self.progress.step + self.context.rank)
+            self.noise = distributed.NoiseStreams(self.cfg.seed + 1_000_003 * self.progress.step,
+                                                  self.micro_batches, self.context)
+        else:
+            self._load_noise_streams(state.get("noise_streams") or [], path)
         if self.context.is_main:
             log.info(f"resumed from {path} at step {self.progress.step}")
         return True
+
+    def _load_noise_streams(self, states: list, path: Path) -> None:
+        """Rank 0's micro-batch streams from a checkpoint (none when it was written with one micro-batch a step)."""
+        saved = max(len(states), 1)
+        if saved != self.micro_batches:
+            raise CheckpointError(f"{path} was written with train.accumulate={saved} and this run has "
+                                  f"{self.micro_batches}: their noise streams differ; resume with "
+                                  f"train.accumulate={saved}, or start a new run folder")
+        if states:
+            self.noise.load_state_dict(states)
 
     def state(self) -> dict:
         train = self.data["train"]
@@ -254,6 +269,7 @@ class Trainer:
             "score_optimizer": self.score_optimizer.state_dict() if self.score_optimizer is not None else None,
             "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
             "data": self.stream.state_dict(), "progress": vars(self.progress).copy(), "rng": rng_state(),
+            "noise_streams": self.noise.state_dict(),
             "step": self.progress.step, "world_size": self.context.world_size,
             "wandb_id": self.logger.run_id if self.logger is not None else self.wandb_id,
         }
@@ -386,48 +402,73 @@ class Trainer:
         """Whether this step is the first of the score model's phase (after a stage 1, or the run's first step)."""
         return phase in ("joint", "disjoint", "score") and step == self.train_cfg.stage1_steps
 
+    def _backward(self, phase: str, x: torch.Tensor, y: torch.Tensor | None, kl_weight: float,
+                  step: int) -> tuple[dict, dict, dict]:
+        """The step's forward and backward passes over its `train.accumulate` micro-batches (A): micro-batch i is
+        x[i::A] (the examples rank r + W·i of W·A processes would take), drawing its noise from stream i
+        (`distributed.NoiseStreams`); each part's gradient accumulates its loss / A (its own parameters only: the VAE's
+        loss shares the score model's graph in a joint step). Returns the scalars to log, each part's loss and the
+        value its spike guard tracks (means over the micro-batches, detached)."""
+        count = self.micro_batches
+        scalars, losses, tracked = {}, {}, {}
+        self.model.train()
+        amp = self.train_cfg.amp == "bf16"  # bf16 autocast on CUDA and CPU alike; the weights stay float32
+        for index in range(count):
+            x_part, y_part = x[index::count], None if y is None else y[index::count]
+            options = self.loss_options(x_part, y_part, kl_weight, step)
+            options.regularisers = count if index == 0 else 0.0  # the weights' regularisers count once a step
+            with self.noise.drawing(index), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                part = self.model.losses(phase, x_part, options)
+            named = {"vae": part.loss_vae, "disc": part.loss_disc, "score": part.loss_score}
+            if part.loss_vae is not None:
+                (part.loss_vae / count).backward(inputs=self.vae_parameters,
+                                                 retain_graph=part.loss_score is not None)
+            for name, parameters in (("disc", self.disc_parameters), ("score", self.score_parameters)):
+                if named[name] is not None:
+                    (named[name] / count).backward(inputs=parameters)
+            for name, loss in named.items():
+                if loss is not None:
+                    value = part.spike_values.get(name, loss)
+                    losses[name] = losses.get(name, 0.0) + loss.detach() / count
+                    tracked[name] = None if value is None else tracked.get(name, 0.0) + value.detach() / count
+            for name, value in part.scalars.items():
+                scalars[name] = scalars.get(name, 0.0) + value / count
+        return scalars, losses, tracked
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         step = self.progress.step
         phase = self.phase(step)
         prepared = self.prepare_prior() if self._starts_score_prior(phase, step) else {}
         self._set_learning_rates(phase, step)
         kl_weight = self._kl_weight(step)
-        self.model.train()
-        amp = self.train_cfg.amp == "bf16"  # bf16 autocast on CUDA and CPU alike; the weights stay float32
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = self.model.losses(phase, x, self.loss_options(x, y, kl_weight, step))
-        scalars = losses.scalars
-        candidates = (("vae", losses.loss_vae, self.vae_parameters, self.vae_optimizer),
-                      ("disc", losses.loss_disc, self.disc_parameters, self.disc_optimizer),
-                      ("score", losses.loss_score, self.score_parameters, self.score_optimizer))
         for optimizer in (self.vae_optimizer, self.disc_optimizer, self.score_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-        if losses.loss_vae is not None:  # its graph shares the score model's in a joint step
-            losses.loss_vae.backward(inputs=self.vae_parameters, retain_graph=losses.loss_score is not None)
-        for _, loss, parameters, _ in candidates[1:]:
-            if loss is not None:
-                loss.backward(inputs=parameters)
+        scalars, losses, tracked = self._backward(phase, x, y, kl_weight, step)
+        candidates = (("vae", losses.get("vae"), self.vae_parameters, self.vae_optimizer),
+                      ("disc", losses.get("disc"), self.disc_parameters, self.disc_optimizer),
+                      ("score", losses.get("score"), self.score_parameters, self.score_optimizer))
         distributed.average_gradients(self.vae_parameters + self.disc_parameters + self.score_parameters,
                                       self.context.world_size)
         grads = {name: self._clip(parameters, loss) for name, loss, parameters, _ in candidates}
         parts = [(name, loss, grads[name], parameters, optimizer) for name, loss, parameters, optimizer in candidates
                  if loss is not None]
-        # one device synchronisation: each part's loss and whether it and its gradient norm are finite
-        # one device synchronisation: each part's loss and gradient norm finite?, and the value its spike guard tracks
-        # (the loss itself unless the model names another, e.g. an LDM's reconstruction term; NaN: none)
-        tracked = [losses.spike_values.get(name, loss) for name, loss, *_ in parts]
-        checks = torch.stack([torch.stack([(torch.isfinite(loss.detach()) & torch.isfinite(grad)).float(),
-                                           torch.full((), math.nan, device=self.device) if value is None
-                                           else value.detach().float()])
-                              for (_, loss, grad, _, _), value in zip(parts, tracked)]).tolist()
-        kept = [bool(finite) and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
+        # one device synchronisation (and one all-reduce across ranks, so that every rank decides alike): per part,
+        # whether its loss on every rank and its gradient norm are finite, and the mean over ranks of the value its
+        # spike guard tracks (the loss itself unless the model names another, e.g. an LDM's reconstruction term;
+        # NaN: none)
+        checks = distributed.mean_over_ranks(torch.stack([
+            torch.stack([(torch.isfinite(loss) & torch.isfinite(grad)).float(),
+                         torch.full((), math.nan, device=self.device) if tracked[name] is None
+                         else tracked[name].float()])
+            for name, loss, grad, _, _ in parts]), self.context).tolist()
+        kept = [finite == 1.0 and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
                 for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
         for (name, *_), (_, value), ok in zip(parts, checks, kept):
             if ok and math.isfinite(value):
                 scale = self.progress.loss_scale.get(name)
                 self.progress.loss_scale[name] = value if scale is None else 0.9 * scale + 0.1 * value
-        if losses.loss_score is not None and kept[-1]:
+        if losses.get("score") is not None and kept[-1]:
             self.ema.update()
         skipped = kept.count(False)
         self.progress.skipped += skipped

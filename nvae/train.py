@@ -62,11 +62,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def training_loss(vae: NVAE, x: torch.Tensor, kl_weight: float, cfg: FitConfig) -> dict:
-    """The VAE-alone loss of a batch: vae.loss (warmed-up, balanced KL) + lambda_SR * L_SR + lambda_BN * L_BN.
-    Returns vae.loss's terms with 'loss' replaced by the regularised scalar, plus 'spectral' and 'norm'."""
+def training_loss(vae: NVAE, x: torch.Tensor, kl_weight: float, cfg: FitConfig, regularisers: float = 1.0) -> dict:
+    """The VAE-alone loss of a batch: vae.loss (warmed-up, balanced KL) + r·(lambda_SR * L_SR + lambda_BN * L_BN).
+    Returns vae.loss's terms with 'loss' replaced by the regularised scalar, plus 'spectral' and 'norm'.
+
+    `regularisers` (r) weighs the two per-step terms of the weights, which do not depend on the batch: a step split
+    into A micro-batches whose losses are summed with weight 1/A passes A to the first and 0 to the rest (0 skips
+    them, and the spectral estimate's power iteration with them), so that they count once a step, as in one batch."""
     terms = vae.loss(x, kl_weight=kl_weight, kl_balance=cfg.kl_balance)
-    terms["spectral"] = vae.spectral_norm_loss(cfg.sn_iterations)
-    terms["norm"] = vae.norm_loss()
-    terms["loss"] = terms["loss"] + cfg.spectral_weight * terms["spectral"] + cfg.norm_weight * terms["norm"]
+    if regularisers:
+        terms["spectral"] = vae.spectral_norm_loss(cfg.sn_iterations)
+        terms["norm"] = vae.norm_loss()
+        terms["loss"] = terms["loss"] + regularisers * (cfg.spectral_weight * terms["spectral"]
+                                                        + cfg.norm_weight * terms["norm"])
     return terms

@@ -116,6 +116,8 @@ class LossOptions:
     fit: object = None  # nvae.train.FitConfig: the VAE's balancing and regulariser weights
     score_in_stage1: bool = False  # stage 1 also fits the score model to the VAE's detached latents
     step: int = 0  # the training step (an LDM's discriminator starts at `disc_start`)
+    regularisers: float = 1.0  # the weight of the first stage's per-step weight regularisers in this batch's loss
+    # (nvae.train.training_loss): A micro-batches of one step weigh them A, 0, 0, ... so that they count once
 
 
 @dataclass

@@ -44,7 +44,7 @@ class LatentTerms:
 
 def vae_stage(vae, x: torch.Tensor, options: LossOptions) -> tuple[dict, torch.Tensor, dict]:
     """NVAE's regularised training loss of a batch: (scalars, loss, the loss's terms)."""
-    terms = training_loss(vae, x, options.kl_weight, options.fit)
+    terms = training_loss(vae, x, options.kl_weight, options.fit, options.regularisers)
     scalars = {"loss_vae": terms["loss"].detach(), "train_bpd": terms["bpd"].detach().mean()}
     return scalars, terms["loss"], terms
 
@@ -74,8 +74,9 @@ class LSGM(ScoreModel):
         if phase == "joint":
             terms = joint_loss(self, x, options.kl_weight, options.scheme_p, options.scheme_q, options.t_eps,
                                options.inputs, options.draws)
-            fit = options.fit
-            regulariser = fit.spectral_weight * self.vae.spectral_norm_loss() + fit.norm_weight * self.vae.norm_loss()
+            fit, weight = options.fit, options.regularisers
+            regulariser = weight * (fit.spectral_weight * self.vae.spectral_norm_loss()
+                                    + fit.norm_weight * self.vae.norm_loss()) if weight else 0.0
             scalars = terms.scalars()
             scalars["train_bpd"] = scalars["nelbo"] / (math.log(2) * x[0].numel())
             return Losses(scalars, terms.loss_vae + regulariser, terms.loss_score)

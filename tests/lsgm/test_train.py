@@ -41,9 +41,12 @@ def scale_loss(monkeypatch, trainer, name: str, factor: float):
     return losses
 
 
-def test_resume_continues_the_same_trajectory(tmp_path):
-    """20 steps straight == 10 steps, a stop (checkpoint), a new process-like Trainer resuming, 10 more."""
-    cfg = tiny_config("train.steps=20", "train.stage1_steps=6", "train.eval_every=5")
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_resume_continues_the_same_trajectory(tmp_path, micro_batches):
+    """20 steps straight == 10 steps, a stop (checkpoint), a new process-like Trainer resuming, 10 more; with two
+    micro-batches a step too (their noise streams are in the checkpoint)."""
+    cfg = tiny_config("train.steps=20", "train.stage1_steps=6", "train.eval_every=5",
+                      f"train.accumulate={micro_batches}")
     straight = train(cfg, tmp_path / "straight")
     train(cfg, tmp_path / "resumed", stop_at=10)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 10
@@ -54,6 +57,12 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     for name, a in straight.ema.shadow.items():
         assert torch.allclose(a, resumed.ema.shadow[name], atol=1e-6, rtol=0), name
     assert straight.progress.best_step == resumed.progress.best_step
+
+
+def test_a_checkpoint_resumes_only_with_its_number_of_micro_batches(tmp_path):
+    train(tiny_config("train.steps=4", "train.accumulate=2"), tmp_path, stop_at=2)
+    with pytest.raises(CheckpointError, match="written with train.accumulate=2 and this run has 1"):
+        Trainer(tiny_config("train.steps=4", "train.accumulate=1"), tmp_path)
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
