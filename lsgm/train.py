@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.profiler import record_function
 
 from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
 
@@ -417,15 +418,18 @@ class Trainer:
             x_part, y_part = x[index::count], None if y is None else y[index::count]
             options = self.loss_options(x_part, y_part, kl_weight, step)
             options.regularisers = count if index == 0 else 0.0  # the weights' regularisers count once a step
-            with self.noise.drawing(index), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            with self.noise.drawing(index), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp), \
+                    record_function("step.forward"):
                 part = self.model.losses(phase, x_part, options)
             named = {"vae": part.loss_vae, "disc": part.loss_disc, "score": part.loss_score}
             if part.loss_vae is not None:
-                (part.loss_vae / count).backward(inputs=self.vae_parameters,
-                                                 retain_graph=part.loss_score is not None)
+                with record_function("step.backward.vae"):
+                    (part.loss_vae / count).backward(inputs=self.vae_parameters,
+                                                     retain_graph=part.loss_score is not None)
             for name, parameters in (("disc", self.disc_parameters), ("score", self.score_parameters)):
                 if named[name] is not None:
-                    (named[name] / count).backward(inputs=parameters)
+                    with record_function(f"step.backward.{name}"):
+                        (named[name] / count).backward(inputs=parameters)
             for name, loss in named.items():
                 if loss is not None:
                     value = part.spike_values.get(name, loss)
@@ -450,7 +454,8 @@ class Trainer:
                       ("score", losses.get("score"), self.score_parameters, self.score_optimizer))
         distributed.average_gradients(self.vae_parameters + self.disc_parameters + self.score_parameters,
                                       self.context.world_size)
-        grads = {name: self._clip(parameters, loss) for name, loss, parameters, _ in candidates}
+        with record_function("step.clip"):
+            grads = {name: self._clip(parameters, loss) for name, loss, parameters, _ in candidates}
         parts = [(name, loss, grads[name], parameters, optimizer) for name, loss, parameters, optimizer in candidates
                  if loss is not None]
         # one device synchronisation (and one all-reduce across ranks, so that every rank decides alike): per part,
@@ -462,14 +467,16 @@ class Trainer:
                          torch.full((), math.nan, device=self.device) if tracked[name] is None
                          else tracked[name].float()])
             for name, loss, grad, _, _ in parts]), self.context).tolist()
-        kept = [finite == 1.0 and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
-                for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
+        with record_function("step.update"):  # the checks' host synchronisation, the guarded optimizer steps
+            kept = [finite == 1.0 and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
+                    for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
         for (name, *_), (_, value), ok in zip(parts, checks, kept):
             if ok and math.isfinite(value):
                 scale = self.progress.loss_scale.get(name)
                 self.progress.loss_scale[name] = value if scale is None else 0.9 * scale + 0.1 * value
         if losses.get("score") is not None and kept[-1]:
-            self.ema.update()
+            with record_function("step.ema"):
+                self.ema.update()
         skipped = kept.count(False)
         self.progress.skipped += skipped
         self.progress.skipped_in_a_row = self.progress.skipped_in_a_row + 1 if skipped else 0
