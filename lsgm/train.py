@@ -4,8 +4,9 @@ The model's kind (`lsgm.models`) says each step's phase and losses: an LSGM trai
 `stage1_steps` (phase "vae"), then jointly ("joint": the VAE on −ELBO with the SGM prior, the score model on its
 DSM objective) or the score model alone on the frozen VAE's latents ("disjoint", LDM-style); a VAE alone is always
 in "vae"; pixel models in "score". The VAE's parameters (named `vae.*`) and the score model's have each their
-own optimizer, learning rate (warm-up + cosine) and gradient clipping. Every step is guarded: a non-finite loss
-or gradient skips both updates and is counted. The score
+own optimizer, learning rate (warm-up + cosine) and gradient clipping. A step may run in `train.accumulate`
+micro-batches, each with the noise of its own process (`distributed.NoiseStreams`). Every step is guarded: a
+non-finite loss or gradient skips both updates and is counted. The score
 model's weights are averaged (EMA) and evaluated with the average. A checkpoint holds everything
 the next step depends on (weights, EMA, optimizers, step, data order, RNG states), so a resumed run
 continues the same trajectory; SIGINT/SIGTERM save and stop at the end of the current step.
