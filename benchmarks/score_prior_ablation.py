@@ -2,7 +2,7 @@
 
     python benchmarks/score_prior_ablation.py CKPT [--variants residual:cosine:drop_all_uniform ...]
         [--steps 1000] [--lr 1e-3] [--ema 0.999] [--guidance 1 2] [--per-class 50] [--seed 0] [--threads 1] [--out DIR]
-        [--set score.net.context_in_time=true ...]
+        [--set score.net.context_in_time=true ...] [--save DIR]
 
 CKPT is an LSGM checkpoint (class-conditional for the accuracy columns: `experiment=digits_class`). Its VAE is
 frozen; for every variant `PARAMETERISATION:SDE:SCHEME` a fresh score network of the checkpoint's architecture (and
@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 
 import lsgm
 from lsgm.build import build_model
+from lsgm.checkpoint import save_pretrained
 from lsgm.data import load_dataset
 from lsgm.ema import EMA
 from lsgm.metrics.digits_classifier import load_digits_classifier
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides of every fresh score model (e.g. score.net.context_in_time=true)")
+    parser.add_argument("--save", type=Path, default=None, metavar="DIR",
+                        help="save each trained variant (save_pretrained) as DIR/<variant>, for the other benchmarks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="folder of the table (default: <run folder>/eval)")
     arguments = parser.parse_args(argv)
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         train_prior(model, data.x, data.y, scheme, arguments.steps, arguments.lr, model.config.sde.t_eps,
                     torch.Generator().manual_seed(arguments.seed), arguments.ema)
         name = f"{parameterisation}:{sde_name}:{scheme}"
+        if arguments.save is not None:
+            save_pretrained(model, arguments.save / name.replace(":", "-"))
         rows[name] = {**measure_samples(model, classifier, arguments.guidance, arguments.per_class, arguments.seed),
                       "seconds": time.perf_counter() - start}
         print(name, rows[name], flush=True)

@@ -77,8 +77,15 @@ def test_training_with_ema_leaves_the_average_of_the_weights(ablation, class_che
 
 
 def test_the_ablation_writes_a_table_with_the_bounds_and_every_variant(ablation, class_checkpoint, tmp_path):
+    import lsgm
+
     ablation.main([str(class_checkpoint), "--variants", "residual:cosine:drop_all_uniform", "mixed:vp:ll_iw",
-                   "--steps", "2", "--per-class", "3", "--guidance", "1", "2", "--out", str(tmp_path)])
+                   "--steps", "2", "--per-class", "3", "--guidance", "1", "2", "--out", str(tmp_path),
+                   "--save", str(tmp_path / "saved")])
+    saved = lsgm.load(tmp_path / "saved" / "residual-cosine-drop_all_uniform")  # a model the other benchmarks load
+    assert saved.residual and saved.sde.marginal(torch.tensor([1.0]))[1].item() > 0.9999
+    assert sorted(path.name for path in (tmp_path / "saved").iterdir()) == ["mixed-vp-ll_iw",
+                                                                            "residual-cosine-drop_all_uniform"]
     table = (tmp_path / "score_prior_ablation.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     names = ["posterior", "N(0, I)", "one Gaussian", "a Gaussian per class", "residual:cosine:drop_all_uniform",
