@@ -114,9 +114,7 @@ def train_prior(model, x: torch.Tensor, y: torch.Tensor | None, scheme: str, ste
         if ema is not None:
             ema.update()
     if ema is not None:
-        with torch.no_grad():
-            for name, parameter in ema.parameters.items():
-                parameter.copy_(ema.shadow[name])
+        ema.copy_to_parameters()
     model.eval()
 
 

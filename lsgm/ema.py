@@ -29,15 +29,19 @@ class EMA:
     def applied(self):
         """Inside the block the parameters hold the EMA weights; afterwards the trained ones again."""
         backup = {name: p.detach().clone() for name, p in self.parameters.items()}
-        with torch.no_grad():
-            for name, parameter in self.parameters.items():
-                parameter.copy_(self.shadow[name])
+        self.copy_to_parameters()
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, parameter in self.parameters.items():
                     parameter.copy_(backup[name])
+
+    @torch.no_grad()
+    def copy_to_parameters(self) -> None:
+        """The parameters take the EMA weights (for good; `applied` does it for a block)."""
+        for name, parameter in self.parameters.items():
+            parameter.copy_(self.shadow[name])
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
