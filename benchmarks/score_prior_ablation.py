@@ -1,15 +1,16 @@
 """Which score prior learns a trained VAE's latents: parameterisation × SDE × time weighting, on frozen latents.
 
     python benchmarks/score_prior_ablation.py CKPT [--variants residual:cosine:drop_all_uniform ...]
-        [--steps 1000] [--lr 1e-3] [--ema 0.999] [--guidance 1 2] [--per-class 50] [--seed 0] [--threads 1] [--out DIR]
-        [--set score.net.context_in_time=true ...] [--save DIR]
+        [--steps 1000] [--lr 1e-3] [--ema 0.999] [--target noise|posterior_mixture] [--guidance 1 2]
+        [--per-class 50] [--seed 0] [--threads 1] [--out DIR] [--set score.net.context_in_time=true ...] [--save DIR]
 
 CKPT is an LSGM checkpoint (class-conditional for the accuracy columns: `experiment=digits_class`). Its VAE is
 frozen; for every variant `PARAMETERISATION:SDE:SCHEME` a fresh score network of the checkpoint's architecture (and
 a fresh condition encoder) learns the VAE's latents — a new posterior draw of a random train-split batch of 64 each
-step, AdamW at --lr, --steps steps, sampled with the raw weights or, with --ema D, with their exponential moving
-average (`lsgm.ema.EMA`, decay D, as training samples) — and then draws `--per-class` samples of each class (default
-50) per guidance scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`)
+step, AdamW at --lr, --steps steps, against --target (`lsgm.objective.SCORE_TARGETS`: ε itself, or E[ε | z_t]
+under the batch's posteriors), sampled with the raw weights or, with --ema D, with their exponential moving average
+(`lsgm.ema.EMA`, decay D, as training samples) — and then draws `--per-class` samples of each class (default 50) per
+guidance scale with DPM-Solver++(2M), 20 steps. The checkpoint's inactive channels (`drop_inactive_var`)
 stay inactive.
 
     PARAMETERISATION  residual  ε̂ = σ_t z_t + ε'_θ                       (score.residual=true)
@@ -26,8 +27,9 @@ drawn per requested class, a class-conditional model too).
 
 Columns: the fraction of samples the shipped digits classifier labels as the requested class at each guidance scale
 (class-conditional checkpoints; for `posterior`, the train images' own labels), the digits-FD of the guidance-1
-samples (or of the unconditional ones) against the test split, and the training wall time. `--variants` with no
-entry measures the four rows alone.
+samples (or of the unconditional ones) against the test split, the share of E[ε | z_t] learned (`learned_share`: how
+far the unconditional ε̂ has moved from the VAE's own prior, 0, towards the score of the aggregate posterior, 1,
+over t uniform) and the training wall time. `--variants` with no entry measures the four rows alone.
 
 Measured: see the README, "The score prior over all of the latents".
 """
@@ -49,7 +51,7 @@ from lsgm.ema import EMA
 from lsgm.metrics.digits_classifier import load_digits_classifier
 from lsgm.metrics.quality import class_probabilities, sample_quality
 from lsgm.models.latent import INACTIVE_LOGIT
-from lsgm.objective import denoising_terms
+from lsgm.objective import SCORE_TARGETS, denoising_terms, posterior_mixture_eps, score_posteriors
 from lsgm.paths import config_dir
 from lsgm.sample import draw
 
@@ -94,9 +96,10 @@ def fresh_prior(trained, parameterisation: str, sde_name: str, overrides: list[s
 
 
 def train_prior(model, x: torch.Tensor, y: torch.Tensor | None, scheme: str, steps: int, lr: float, t_eps: float,
-                generator: torch.Generator, ema_decay: float | None = None) -> None:
-    """`steps` AdamW steps of the score model's DSM loss (`scheme`) on fresh posterior draws of the VAE's latents;
-    with `ema_decay`, the model ends holding the exponential moving average of its weights."""
+                generator: torch.Generator, ema_decay: float | None = None, target: str = "noise") -> None:
+    """`steps` AdamW steps of the score model's denoising loss (`scheme`, against `target`, an
+    `lsgm.objective.SCORE_TARGETS` name) on fresh posterior draws of the VAE's latents; with `ema_decay`, the model
+    ends holding the exponential moving average of its weights."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
     ema = EMA([(name, p) for name, p in model.named_parameters() if p.requires_grad], ema_decay) if ema_decay else None
@@ -105,9 +108,10 @@ def train_prior(model, x: torch.Tensor, y: torch.Tensor | None, scheme: str, ste
     for _ in range(steps):
         index = torch.randint(0, len(x), (BATCH,), generator=generator)
         with torch.no_grad():
-            z0 = model.encode(x[index])
+            latents = model.latent_terms(model.vae.encode(x[index]))
         inputs = {} if model.condition is None else model.condition.inputs(model.condition.drop(y[index]))
-        loss = denoising_terms(model, z0, scheme, t_eps, inputs).objective().mean()
+        loss = denoising_terms(model, latents.z, scheme, t_eps, inputs,
+                               posteriors=score_posteriors(latents, target)).objective().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -134,6 +138,31 @@ def measure_samples(model, classifier, guidance: list[float], per_class: int, se
         row[f"accuracy at {scale:g}"] = accuracy(classifier, images, labels)
         row.setdefault("fd", sample_quality(images)["digits_fd"])
     return row
+
+
+@torch.no_grad()
+def learned_share(model, x: torch.Tensor, t_eps: float, seed: int, count: int = 1000, chunk: int = 100) -> float:
+    """How much of what the VAE's own prior misses the score model has learned: with ε* = E[ε | z_t] under the
+    mixture of every train image's posterior (`lsgm.objective.posterior_mixture_eps`, one posterior draw per image)
+    and the N(0, I) base σ_t z_t, 1 − E‖ε̂ − ε*‖² / E‖σ_t z_t − ε*‖² over `count` posterior draws diffused to
+    t ~ U(t_eps, 1): 0 for the VAE's own prior, 1 for the aggregate posterior's score (unconditional ε̂)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        latents = model.latent_terms(model.vae.encode(x))
+    posteriors = (latents.mean, latents.variance)
+    pick = torch.randint(0, len(x), (count,), generator=generator)
+    z0 = latents.z[pick]
+    t = t_eps + (1 - t_eps) * torch.rand(count, generator=generator)
+    noise = torch.randn(z0.shape, generator=generator)
+    z_t = model.sde.perturb(z0, t, noise)
+    model_error = base_error = 0.0
+    for rows in torch.arange(count).split(chunk):
+        target = posterior_mixture_eps(model, z_t[rows], t[rows], posteriors)
+        base = model.sde.marginal(t[rows])[1].view(-1, 1, 1, 1) * z_t[rows]
+        model_error += (model.guided_eps(z_t[rows], t[rows], {}) - target).pow(2).sum().item()
+        base_error += (base - target).pow(2).sum().item()
+    return 1 - model_error / base_error
 
 
 def gaussian_draws(latents: torch.Tensor, count: int) -> torch.Tensor:
@@ -174,12 +203,13 @@ def reference_rows(trained, classifier, x: torch.Tensor, y: torch.Tensor | None,
 def markdown(rows: dict[str, dict], guidance: list[float], conditional: bool) -> str:
     accuracy_columns = [f"accuracy at {scale:g}" for scale in guidance] if conditional else []
     headers = ["score prior (parameterisation:SDE:scheme)", *(f"requested class, guidance {scale:g}" for scale in
-               guidance if conditional), "digits-FD", "training (s)"]
+               guidance if conditional), "digits-FD", "E[ε | z_t] learned", "training (s)"]
     lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
     for name, row in rows.items():
         cells = [f"{row[column]:.3f}" if column in row else "" for column in accuracy_columns]
         seconds = f"{row['seconds']:.0f}" if "seconds" in row else ""
-        lines.append("| " + " | ".join([name, *cells, f"{row['fd']:.1f}", seconds]) + " |")
+        share = f"{row['learned']:.3f}" if "learned" in row else ""
+        lines.append("| " + " | ".join([name, *cells, f"{row['fd']:.1f}", share, seconds]) + " |")
     return "\n".join(lines)
 
 
@@ -192,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
                         help="sample with the EMA of the weights (training's: 0.999); default: the raw weights")
+    parser.add_argument("--target", choices=SCORE_TARGETS, default="noise",
+                        help="the score model's target: noise (DSM) or posterior_mixture (lsgm.objective)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--per-class", type=int, default=50, help="samples of each class (100 a class: 1000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -219,18 +251,20 @@ def main(argv: list[str] | None = None) -> None:
         model = fresh_prior(trained, parameterisation, sde_name, arguments.set)
         start = time.perf_counter()
         train_prior(model, data.x, data.y, scheme, arguments.steps, arguments.lr, model.config.sde.t_eps,
-                    torch.Generator().manual_seed(arguments.seed), arguments.ema)
+                    torch.Generator().manual_seed(arguments.seed), arguments.ema, arguments.target)
         name = f"{parameterisation}:{sde_name}:{scheme}"
         if arguments.save is not None:
             save_pretrained(model, arguments.save / name.replace(":", "-"))
+        seconds = time.perf_counter() - start
         rows[name] = {**measure_samples(model, classifier, arguments.guidance, arguments.per_class, arguments.seed),
-                      "seconds": time.perf_counter() - start}
+                      "learned": learned_share(model, data.x, model.config.sde.t_eps, arguments.seed),
+                      "seconds": seconds}
         print(name, rows[name], flush=True)
     out = arguments.out or arguments.checkpoint.resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     weights = f"EMA {arguments.ema:g}" if arguments.ema else "raw weights"
     table = (f"{arguments.checkpoint}: the VAE frozen, a fresh score model per row, {arguments.steps} steps at lr "
-             f"{arguments.lr:g}, {weights}, seed {arguments.seed}\n\n"
+             f"{arguments.lr:g}, target {arguments.target}, {weights}, seed {arguments.seed}\n\n"
              + markdown(rows, arguments.guidance, conditional) + "\n")
     (out / "score_prior_ablation.md").write_text(table)
     print(table)

@@ -127,6 +127,8 @@ NORMAL_BASE = ("the VP-SDE for the mixed or residual score (sde=vp, geometric, c
                normal_base_on_vp)
 NO_STAGE1 = ("train.stage1_steps: 0 (no VAE to train first)", no_stage1)
 NO_AUTOENCODER = ("autoencoder: null (a first-stage autoencoder is kind=ldm's)", lambda cfg: not has_autoencoder(cfg))
+NOISE_TARGET = ("train.score_target: noise (the posterior_mixture target needs a VAE's posteriors: kind=lsgm)",
+                lambda cfg: plain(cfg.get("train", {})).get("score_target", "noise") == "noise")
 KIND_RULES = {
     "lsgm": (HAS_VAE, NO_AUTOENCODER, CONTINUOUS, NORMAL_PRIOR, NORMAL_BASE,
              ("train.mode joint or disjoint (the VAE alone is kind=vae)",
@@ -134,20 +136,20 @@ KIND_RULES = {
     "vae": (HAS_VAE, NO_AUTOENCODER,
             ("no condition (a VAE alone is unconditional)", lambda cfg: not cfg.get("condition"))),
     "pixel": (("vae=none (a pixel-space model has no VAE)", lambda cfg: not has_vae(cfg)), NO_AUTOENCODER, CONTINUOUS,
-              NORMAL_PRIOR, NORMAL_BASE, NO_STAGE1),
+              NORMAL_PRIOR, NORMAL_BASE, NO_STAGE1, NOISE_TARGET),
     "ddpm": (("vae=none (DDPM is a pixel-space chain)", lambda cfg: not has_vae(cfg)), NO_AUTOENCODER,
              ("a discrete chain: score.discrete_steps: T", is_discrete),
              ("the VP-SDE, which DDPM's chain discretises (sde=ddpm, vp, ...)", is_vp),
              ("score.mixed: false and score.residual: false (DDPM's network predicts ε itself)",
               lambda cfg: not (plain(cfg["score"]).get("mixed", True) or plain(cfg["score"]).get("residual"))),
-             NO_STAGE1),
+             NO_STAGE1, NOISE_TARGET),
     "ldm": (("an autoencoder (autoencoder=digits_kl, digits_vq, ...)", has_autoencoder),
             ("vae=none (the first stage is the autoencoder)", lambda cfg: not has_vae(cfg)), CONTINUOUS,
             NORMAL_PRIOR, NORMAL_BASE,
             ("train.stage1_steps > 0 for the autoencoder, or train.first_stage (a trained one)",
              lambda cfg: not no_stage1(cfg) or bool(plain(cfg["train"]).get("first_stage"))),
             ("train.score_in_stage1: false (the latents and their scale change until stage 2)",
-             lambda cfg: not plain(cfg["train"]).get("score_in_stage1"))),
+             lambda cfg: not plain(cfg["train"]).get("score_in_stage1")), NOISE_TARGET),
 }
 
 

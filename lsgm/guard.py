@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .objective import SCORE_TARGETS
+
 POSITIVE_KEYS = ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every",
                  "eval_repeats", "num_samples")
 
@@ -42,6 +44,8 @@ def check_train_config(train) -> None:
     accumulate = train.get("accumulate", 1)
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate <= 0:
         raise ValueError(f"train.accumulate must be a positive integer (micro-batches a step), got {accumulate!r}")
+    if train.get("score_target", "noise") not in SCORE_TARGETS:
+        raise ValueError(f"train.score_target must be one of {list(SCORE_TARGETS)}, got {train.get('score_target')!r}")
     skipped = train.get("max_skipped_steps", 1)
     if not isinstance(skipped, int) or skipped <= 0:
         raise ValueError(f"train.max_skipped_steps must be a positive integer, got {skipped!r}")

@@ -20,6 +20,16 @@ and E[w_ll ‖ε − σ_t z_t‖²] + C(z_0) = CE_N(z_0), so
 has the same mean with the base's share of the noise removed: it is exact at α = 0, where the joint phase
 starts, and its variance grows with the network's correction only.
 
+The score model's own loss may replace the noise ε by a target with less noise (`score_target="posterior_mixture"`):
+E[ε | z_t] when z_0 is drawn from the mixture of the batch's posteriors q(z|x_b), each a diagonal Gaussian,
+    ε*(z_t) = σ_t Σ_b w_b (z_t − m_t μ_b)/(m_t² v_b + σ²_t),   w_b ∝ N(z_t; m_t μ_b, m_t² v_b + σ²_t)
+(`sde.gaussian.diagonal_mixture_eps`; the Stable Target Field of Xu et al. 2023 with the reference points widened to
+their posteriors). The posteriors are wide (their std in ε is 0.5–1 on digits), so below σ_t ≈ 0.3 the plain target
+ε is mostly posterior noise, which ε* averages out; the mixture over the batch also averages over which image z_t
+came from. The VAE's cross-entropy keeps the plain DSM estimate, so the bound is unchanged. Two approximations, both
+measured (README): the reference is the batch, not the whole aggregate posterior, and a group's posterior is taken
+at the pass's draw of the groups above it (the mixture ignores that lower groups' means move with that draw).
+
 The bound is estimated with the VAE's analytic KLs. In ε the VAE's own prior is N(0, I), and the KL is invariant
 under z ↔ ε, so E_q[log q − log p] over every group is Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), and
     −ELBO(x) = −log p(x|z) + Σ_g KL_g + excess(z),   excess = CE(q ‖ p_SGM) − CE(q ‖ N(0, I)),
@@ -37,6 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from sde import VPSDE, expand_like, sample_time
+from sde.gaussian import diagonal_mixture_eps
+
+SCORE_TARGETS = ("noise", "posterior_mixture")
 
 
 def normal_cross_entropy(sde: VPSDE, z0: torch.Tensor, t_eps: float) -> torch.Tensor:
@@ -64,10 +77,12 @@ class DenoisingTerms:
     weight: torch.Tensor  # the scheme's own objective weight / proposal
     weight_ll: torch.Tensor  # likelihood weight / proposal
     base_squared_error: torch.Tensor  # ‖ε − σ_t z_t‖², the N(0, I) prior's error for the same draw
+    target_squared_error: torch.Tensor  # ‖ε* − ε̂(z_t, t)‖² for the score model's target ε* (ε itself by default)
 
     def objective(self) -> torch.Tensor:
-        """The scheme's weighted DSM estimate per sample, averaged over the draws (B,)."""
-        return (self.weight * self.squared_error).mean(0)
+        """The scheme's weighted denoising loss per sample against the score model's target, averaged over the
+        draws (B,)."""
+        return (self.weight * self.target_squared_error).mean(0)
 
     def likelihood(self) -> torch.Tensor:
         """The likelihood-weighted DSM estimate per sample, averaged over the draws (B,) (the CE without C)."""
@@ -86,20 +101,39 @@ def cross_entropy(model, terms: DenoisingTerms, z0: torch.Tensor, t_eps: float) 
     return terms.likelihood() + cross_entropy_constant(model.sde, z0, t_eps)
 
 
+def posterior_mixture_eps(model, z_t: torch.Tensor, t: torch.Tensor,
+                          posteriors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The score model's target ε*(z_t) = E[ε | z_t] for z_0 drawn from the mixture of the diagonal Gaussian
+    `posteriors` (means, variances), each (K, *shape) (module docstring). A channel the VAE leaves unused has the
+    same posterior N(0, 1) in every image, so it does not move the responsibilities, and its target is the N(0, I)
+    base's σ_t z_t, which an inactive channel's ε̂ is (`drop_inactive`)."""
+    mean_coeff, std = model.sde.marginal(t)
+    means, variances = posteriors
+    return diagonal_mixture_eps(z_t.flatten(1), mean_coeff, std, means.flatten(1), variances.flatten(1)).view_as(z_t)
+
+
 def denoising_terms(model, z0: torch.Tensor, scheme: str, t_eps: float, inputs: dict | None = None,
-                    draws: int = 1) -> DenoisingTerms:
+                    draws: int = 1, posteriors: tuple[torch.Tensor, torch.Tensor] | None = None) -> DenoisingTerms:
     """Draw t ~ scheme and ε ~ N(0, I) `draws` times per z_0, diffuse z_t = m_t z_0 + σ_t ε, and score ε̂(z_t, t)
     (with the score network's condition `inputs`, see `LSGM.condition_inputs`; none: a conditional model's
-    unconditional ε̂). More draws cut the estimates' variance for the price of score-network calls only."""
+    unconditional ε̂). More draws cut the estimates' variance for the price of score-network calls only. With
+    `posteriors` (means, variances) of the batch's q(z|x), detached, the score model's target is
+    `posterior_mixture_eps`; the likelihood terms keep ε."""
     batch = z0.shape[0]
     z0 = z0.repeat(draws, *([1] * (z0.dim() - 1))) if draws > 1 else z0
     inputs = {k: v.repeat(draws, *([1] * (v.dim() - 1))) for k, v in (inputs or {}).items()}
     draw = sample_time(model.sde, scheme, z0.shape[0], t_eps, device=z0.device, dtype=z0.dtype)
     noise = torch.randn_like(z0)
     z_t = model.sde.perturb(z0, draw.t, noise)
-    squared_error = (noise - model.guided_eps(z_t, draw.t, inputs)).flatten(1).pow(2).sum(1)
+    eps = model.guided_eps(z_t, draw.t, inputs)
+    squared_error = (noise - eps).flatten(1).pow(2).sum(1)
+    target_squared_error = squared_error
+    if posteriors is not None:
+        with torch.no_grad():
+            target = posterior_mixture_eps(model, z_t.detach(), draw.t, posteriors)
+        target_squared_error = (target - eps).flatten(1).pow(2).sum(1)
     base_squared_error = (noise - expand_like(model.sde.marginal(draw.t)[1], z_t) * z_t).flatten(1).pow(2).sum(1)
-    fields = (draw.t, squared_error, draw.weight, draw.weight_ll, base_squared_error)
+    fields = (draw.t, squared_error, draw.weight, draw.weight_ll, base_squared_error, target_squared_error)
     return DenoisingTerms(*(field.view(draws, batch) for field in fields))
 
 
@@ -134,25 +168,38 @@ def joint_loss(
     t_eps: float = 1e-2,
     inputs: dict | None = None,
     draws: int = 1,
+    score_target: str = "noise",
 ) -> JointLoss:
     """LSGM's joint objective for a batch x (model.vae must exist).
 
     loss_vae   = mean[−log p(x|z) + kl_weight·(Σ_g KL_g + excess)]   (likelihood weighting, see the module docstring);
     loss_score = mean[w_p(t)/r(t) · ‖ε − ε̂‖²]  with the `scheme_p` weighting, z_0 detached.
     `scheme_q="reweight_p_samples"` reuses the score model's draw for the CE; any `sde.SCHEMES` name draws anew.
-    `draws` (t, ε) pairs per latent average both DSM estimates.
+    `draws` (t, ε) pairs per latent average both DSM estimates. `score_target` (`SCORE_TARGETS`): the score model's
+    target, ε itself or `posterior_mixture_eps` of the batch's posteriors (the VAE's terms keep ε).
     """
     out = model.vae(x)
-    z0 = model.latent_terms(out).z
+    latents = model.latent_terms(out)
+    z0 = latents.z
     recon = -out.dist.log_prob(x)
     kl = torch.stack(out.kl, 1).sum(1)
 
-    draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws)
+    draw_p = denoising_terms(model, z0, scheme_p, t_eps, inputs, draws, score_posteriors(latents, score_target))
     draw_q = draw_p if scheme_q == "reweight_p_samples" else denoising_terms(model, z0, scheme_q, t_eps, inputs, draws)
     excess = prior_excess(model, draw_q, z0, t_eps)
     dsm = draw_p.objective()
     loss_vae = (recon + kl_weight * (kl + excess)).mean()
     return JointLoss(recon, kl, excess, dsm, recon + kl + excess, loss_vae, dsm.mean())
+
+
+def score_posteriors(latents, score_target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The `posteriors` argument of `denoising_terms` for a `score_target`: the batch's posterior means and variances
+    (`LatentTerms`), detached, or None for the noise itself."""
+    if score_target not in SCORE_TARGETS:
+        raise ValueError(f"unknown score target {score_target!r}; valid: {list(SCORE_TARGETS)}")
+    if score_target == "noise":
+        return None
+    return latents.mean.detach(), latents.variance.detach()
 
 
 def simple_loss(model, schedule, x0: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:

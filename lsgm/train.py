@@ -361,6 +361,7 @@ class Trainer:
         train = self.train_cfg
         return LossOptions(kl_weight=kl_weight, scheme_p=train.scheme_p, scheme_q=train.scheme_q,
                            t_eps=self.cfg.sde.t_eps, draws=train.get("noise_draws", 1),
+                           score_target=train.get("score_target", "noise"),
                            inputs=self._condition_inputs(x, y), fit=self.fit_config,
                            score_in_stage1=bool(train.get("score_in_stage1")), step=step)
 

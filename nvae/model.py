@@ -60,6 +60,8 @@ class Latents:
     kl_elements: list[torch.Tensor]  # the same KL per latent element, (B, C, H, W)
     eps: list[torch.Tensor]  # prior-standardised eps_g = (z_g - mu_p) / sigma_p
     log_q_eps: list[torch.Tensor]  # log q(eps_g | x, eps_<g) = log q(z_g | x, z_<g) + sum log sigma_p
+    eps_mean: list[torch.Tensor]  # q(eps_g | x, eps_<g) = N(eps_mean, eps_std²): (mu_q - mu_p) / sigma_p
+    eps_std: list[torch.Tensor]  # sigma_q / sigma_p
 
 
 @dataclass
@@ -275,6 +277,8 @@ class NVAE(nn.Module):
             latents.kl.append(kl.flatten(1).sum(1))
             latents.eps.append((z - prior.mu) / prior.std)
             latents.log_q_eps.append(log_q + prior.log_std.flatten(1).sum(1))
+            latents.eps_mean.append((q.mu - prior.mu) / prior.std)
+            latents.eps_std.append(torch.exp(q.log_std - prior.log_std))
             h = group.merge(h, z)
         return h, latents
 
@@ -331,8 +335,8 @@ class NVAE(nn.Module):
         loss = mean_B[ -log p(x | z) + kl_weight * sum_g gamma_g KL_g ], z ~ q.
 
         Returns 'loss' (scalar), 'recon' = -log p(x | z) (B,), 'kl_groups' (B, G), 'elbo_nats' =
-        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), 'bpd' = -elbo / (D ln 2) (B,), and 'eps', the
-        prior-standardised posterior latents per group (for a prior model fitted alongside).
+        log p(x | z) - sum_g KL_g (B,), a lower bound on log p(x), 'bpd' = -elbo / (D ln 2) (B,), and 'latents', the
+        pass's `Latents` (for a prior model fitted alongside: the prior-standardised latents and their posteriors).
         """
         out = self(x)
         recon = -out.dist.log_prob(x)
@@ -340,7 +344,7 @@ class NVAE(nn.Module):
         kl_term = balanced_kl(kl, self.kl_alpha, kl_weight) if kl_balance else kl_weight * kl.sum(1)
         elbo = -(recon + kl.sum(1))
         return {"loss": (recon + kl_term).mean(), "recon": recon, "kl_groups": kl, "elbo_nats": elbo,
-                "bpd": nats_to_bpd(-elbo, self.num_dims), "eps": out.eps}
+                "bpd": nats_to_bpd(-elbo, self.num_dims), "latents": out}
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, k: int = 100, max_batch: int = 4096) -> torch.Tensor:

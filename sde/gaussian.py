@@ -103,6 +103,24 @@ class GaussianMixture:
         return draws.to(dtype)
 
 
+def diagonal_mixture_eps(x: torch.Tensor, mean_coeff: torch.Tensor, std: torch.Tensor, means: torch.Tensor,
+                         variances: torch.Tensor) -> torch.Tensor:
+    """ε*(x) = E[ε | x_t = x] when x_0 is drawn from the equal-weight mixture (1/K) Σ_k N(μ_k, diag v_k):
+        ε*(x) = σ Σ_k w_k (x − m μ_k) / (m² v_k + σ²),   w_k ∝ N(x; m μ_k, diag(m² v_k + σ²)),
+    with (m, σ) per row of x. The float32, diagonal, batched-over-t special case of `GaussianMixture.eps`, cheap
+    enough for a training target: x (B, D), mean_coeff and std (B,), means and variances (K, D); returns (B, D).
+
+    As a denoising target (`lsgm.objective`, the posterior-mixture target) it is the Stable Target Field of Xu et
+    al. (2023) with every reference a Gaussian instead of a point: E‖ε̂(x_t) − ε*(x_t)‖² has the minimiser of
+    E‖ε̂(x_t) − ε‖² when x_0 comes from the mixture, without the noise of ε given x_t."""
+    m = mean_coeff.reshape(-1, 1, 1)
+    precision = 1.0 / (m**2 * variances[None] + std.reshape(-1, 1, 1) ** 2)  # (B, K, D)
+    centred = x[:, None, :] - m * means[None]
+    log_joint = 0.5 * (precision.log() - centred**2 * precision).sum(-1)  # log N up to a constant shared by every k
+    responsibilities = torch.softmax(log_joint, 1)
+    return std.reshape(-1, 1) * torch.einsum("bk,bkd->bd", responsibilities, centred * precision)
+
+
 def gaussian(mean, cov) -> GaussianMixture:
     """A single Gaussian N(mean, cov) (cov (D, D) or diagonal (D,))."""
     mean = torch.as_tensor(mean, dtype=torch.float64)

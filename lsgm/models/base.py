@@ -112,6 +112,7 @@ class LossOptions:
     scheme_q: str = "reweight_p_samples"  # the VAE's cross-entropy draw: the score model's, reweighted, or its own
     t_eps: float = 1e-2  # the smallest diffusion time
     draws: int = 1  # (t, ε) draws per latent in the joint DSM terms
+    score_target: str = "noise"  # the score model's target (lsgm.objective.SCORE_TARGETS)
     inputs: dict = field(default_factory=dict)  # the score network's condition (dropped for guidance), or {}
     fit: object = None  # nvae.train.FitConfig: the VAE's balancing and regulariser weights
     score_in_stage1: bool = False  # stage 1 also fits the score model to the VAE's detached latents

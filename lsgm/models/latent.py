@@ -26,7 +26,7 @@ from nvae.train import training_loss
 from sde import vlb
 from sde.likelihood import ode_log_likelihood
 
-from ..objective import denoising_terms, joint_loss
+from ..objective import denoising_terms, joint_loss, score_posteriors
 from .base import Losses, LossOptions, ScoreModel, known_cells, nats_to_bits_per_dim, ode_options, sample_in_batches
 
 INACTIVE_LOGIT = -15.0  # LSGM's mixing logit of an inactive channel: α ≈ 3e-7, the N(0, I) base alone
@@ -40,6 +40,8 @@ class LatentTerms:
 
     z: torch.Tensor  # the score model's latents: every group's prior-standardised ε, packed, (B, *latent_shape)
     log_q: torch.Tensor  # log q(ε | x), all groups
+    mean: torch.Tensor  # q(ε_g | x, ε_<g) = N(mean, variance) per element, packed like z (the groups above at z's draw)
+    variance: torch.Tensor
 
 
 def vae_stage(vae, x: torch.Tensor, options: LossOptions) -> tuple[dict, torch.Tensor, dict]:
@@ -73,7 +75,7 @@ class LSGM(ScoreModel):
         """The step's losses in `phase` (module docstring)."""
         if phase == "joint":
             terms = joint_loss(self, x, options.kl_weight, options.scheme_p, options.scheme_q, options.t_eps,
-                               options.inputs, options.draws)
+                               options.inputs, options.draws, options.score_target)
             fit, weight = options.fit, options.regularisers
             regulariser = weight * (fit.spectral_weight * self.vae.spectral_norm_loss()
                                     + fit.norm_weight * self.vae.norm_loss()) if weight else 0.0
@@ -86,14 +88,15 @@ class LSGM(ScoreModel):
                 return Losses(scalars, loss_vae)
             # the score model learns the current VAE's (detached) latents alongside: the joint phase starts with a
             # fitted prior instead of an untrained network
-            z0 = self.vae.pack(terms["eps"]).detach()
+            latents = self.latent_terms(terms["latents"])
         elif phase == "disjoint":
             scalars, loss_vae = {}, None
             with torch.no_grad():
-                z0 = self.encode(x)
+                latents = self.latent_terms(self.vae.encode(x))
         else:
             raise ValueError(f"unknown phase {phase!r} of a latent SGM; valid: {list(PHASES)}")
-        loss_score = denoising_terms(self, z0, options.scheme_p, options.t_eps, options.inputs).objective().mean()
+        loss_score = denoising_terms(self, latents.z.detach(), options.scheme_p, options.t_eps, options.inputs,
+                                     posteriors=score_posteriors(latents, options.score_target)).objective().mean()
         return Losses({**scalars, "loss_score": loss_score.detach()}, loss_vae, loss_score)
 
     def validation_nats(self, x: torch.Tensor, phase: str, t_eps: float, scheme: str | None = None) -> torch.Tensor:
@@ -177,8 +180,10 @@ class LSGM(ScoreModel):
 
     # --- latents <-> data -------------------------------------------------------------------------------
     def latent_terms(self, out) -> LatentTerms:
-        """A VAE pass (`nvae.VAEOutput`) as the score model's latents (every group's ε, packed) and their log q."""
-        return LatentTerms(self.vae.pack(out.eps), torch.stack(out.log_q_eps, 1).sum(1))
+        """A VAE pass (`nvae.Latents`) as the score model's latents (every group's ε, packed), their log q and their
+        posteriors."""
+        return LatentTerms(self.vae.pack(out.eps), torch.stack(out.log_q_eps, 1).sum(1), self.vae.pack(out.eps_mean),
+                           self.vae.pack(out.eps_std).square())
 
     def decoder(self, z: torch.Tensor):
         """p(x | z) for the score model's latents z (every group's ε, packed): a deterministic function of z."""

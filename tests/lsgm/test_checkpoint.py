@@ -107,7 +107,7 @@ def test_a_trainer_checkpoint_is_plain_data_that_torch_reads_weights_only(tmp_pa
     assert raw[-76:-64] == SEAL_PREFIX and all(chr(c) in "0123456789abcdef" for c in raw[-64:])
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["format"] == FORMAT and plain_types(state)
-    assert torch.equal(state["model"]["mixing_logit"], trainer_state["model"]["mixing_logit"])
+    assert torch.equal(state["model"]["active"], trainer_state["model"]["active"])
 
 
 def test_every_flipped_byte_and_a_truncation_are_reported_as_corruption(tmp_path):

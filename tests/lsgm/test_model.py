@@ -92,7 +92,7 @@ def test_drop_inactive_needs_a_normal_base():
 def test_trainer_drops_inactive_channels_when_the_joint_phase_starts(tmp_path, monkeypatch):
     """At step stage1_steps exactly: the mask of `channel_kl ≥ 0.1` nat is set and logged, and a resumed run keeps
     it from the checkpoint."""
-    cfg = tiny_config("train.steps=5", "train.stage1_steps=3", "vae.params.latent_channels=4")
+    cfg = tiny_config("train.steps=5", "train.stage1_steps=3", "vae.params.latent_channels=4", "score.residual=false")
     trainer = Trainer(cfg, tmp_path)
     fixed_kl = torch.tensor([0.5, 0.05, 2.0, 0.0])
     monkeypatch.setattr(type(trainer.model), "channel_kl", lambda self, x, batch_size=512: fixed_kl)

@@ -156,7 +156,8 @@ class TinyVAE(nn.Module):
         per_sample = lambda value: torch.full((x.shape[0],), value)  # noqa: E731
         return SimpleNamespace(z=[3 * z_top, z_low], eps=[z_top, 7 * z_low], kl=[per_sample(1.1), per_sample(0.4)],
                                log_q=[per_sample(-1.5), per_sample(0.2)], log_q_eps=[per_sample(-2.5), per_sample(5.0)],
-                               log_p=[per_sample(-9.0), per_sample(-0.7)], dist=dist)
+                               log_p=[per_sample(-9.0), per_sample(-0.7)], eps_mean=[z_top, 7 * z_low],
+                               eps_std=[torch.ones_like(z_top), torch.ones_like(z_low)], dist=dist)
 
     def pack(self, z):
         return torch.cat(z, 1)
@@ -210,3 +211,41 @@ def test_a_joint_model_at_the_normal_base_has_the_vae_bound():
     t_eps_term = 0.5 * ((m_eps**2 - 1) * z0.flatten(1).pow(2).sum(1) + z0[0].numel() * v_eps)
     assert torch.allclose(loss.nelbo, -vae_terms["elbo_nats"] + t_eps_term, atol=1e-4)
     assert t_eps_term.abs().max() < 1e-3  # LSGM's t_ε leaves the bound where the VAE has it
+
+
+def test_posterior_mixture_target_keeps_the_bound_and_changes_only_the_score_loss():
+    """score_target="posterior_mixture" on a real NVAE: for the same draws the VAE's loss and the bound are those of
+    the noise target; the score model's loss is its network's error against E[ε | z_t] under the batch's posteriors
+    (recomputed here from the pass's posterior means and variances)."""
+    import nvae
+
+    torch.manual_seed(0)
+    vae = nvae.NVAE(channels=8, num_scales=2, groups_per_scale=[2, 1], latent_channels=2, cells_per_group=1,
+                    num_preprocess=1, dropout=0.0).eval()
+    vp = sde.VPSDE("cosine")
+    model = LSGM(Zero(), vp, vae=vae, data_shape=(1, 8, 8), levels=17, residual=True)
+    x = torch.linspace(-1, 1, 17)[torch.randint(17, (6, 1, 8, 8))]
+    results = {}
+    for target in ("noise", "posterior_mixture"):
+        torch.manual_seed(1)
+        results[target] = joint_loss(model, x, scheme_p="drop_all_uniform", t_eps=1e-2, score_target=target)
+    plain, mixture = results["noise"], results["posterior_mixture"]
+    torch.testing.assert_close(mixture.loss_vae, plain.loss_vae)
+    torch.testing.assert_close(mixture.nelbo, plain.nelbo)
+    # the same draws by hand: the residual score with a zero network is σ_t z_t
+    torch.manual_seed(1)
+    out = vae(x)
+    z0, means = vae.pack(out.eps), vae.pack(out.eps_mean)
+    variances = vae.pack(out.eps_std).square()
+    draw = sde.sample_time(vp, "drop_all_uniform", 6, 1e-2)
+    t = draw.t
+    noise = torch.randn_like(z0)
+    mean_coeff, std = vp.marginal(t)
+    z_t = mean_coeff.view(-1, 1, 1, 1) * z0 + std.view(-1, 1, 1, 1) * noise
+    batch_posteriors = sde.gaussian.GaussianMixture(means.flatten(1).double(), variances.flatten(1).double())
+    target = batch_posteriors.eps(z_t.flatten(1).double(), mean_coeff.double(), std.double()).view_as(z_t).float()
+    expected = (draw.weight * (target - std.view(-1, 1, 1, 1) * z_t).flatten(1).pow(2).sum(1)).mean()
+    torch.testing.assert_close(mixture.loss_score, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(mixture.loss_score, plain.loss_score)
+    with pytest.raises(ValueError, match="score target"):
+        joint_loss(model, x, score_target="posterior")

@@ -81,7 +81,7 @@ def test_the_ablation_writes_a_table_with_the_bounds_and_every_variant(ablation,
 
     ablation.main([str(class_checkpoint), "--variants", "residual:cosine:drop_all_uniform", "mixed:vp:ll_iw",
                    "--steps", "2", "--per-class", "3", "--guidance", "1", "2", "--out", str(tmp_path),
-                   "--save", str(tmp_path / "saved")])
+                   "--save", str(tmp_path / "saved"), "--target", "posterior_mixture"])
     saved = lsgm.load(tmp_path / "saved" / "residual-cosine-drop_all_uniform")  # a model the other benchmarks load
     assert saved.residual and saved.sde.marginal(torch.tensor([1.0]))[1].item() > 0.9999
     assert sorted(path.name for path in (tmp_path / "saved").iterdir()) == ["mixed-vp-ll_iw",
@@ -96,6 +96,25 @@ def test_the_ablation_writes_a_table_with_the_bounds_and_every_variant(ablation,
         assert float(cells[3]) > 0  # a digits-FD
         if cells[0] not in ("N(0, I)", "one Gaussian"):
             assert all(0.0 <= float(cell) <= 1.0 for cell in cells[1:3])  # the requested-class fractions
+        if ":" in cells[0]:
+            assert float(cells[4]) <= 1.0  # the share of E[ε | z_t] learned
+    assert "target posterior_mixture" in table
+
+
+def test_the_learned_share_is_0_for_the_vaes_prior_and_1_for_the_posterior_mixture(ablation, class_checkpoint):
+    """A fresh residual prior (its network's output starts at zero) is exactly the N(0, I) base: share 0. A model
+    whose ε̂ is E[ε | z_t] under the same posteriors (`posterior_mixture_eps`, the same seeded encoder pass): share 1."""
+    import lsgm
+    from lsgm.objective import posterior_mixture_eps
+
+    trained = lsgm.load(class_checkpoint)
+    x = torch.rand(24, *trained.data_shape) * 2 - 1
+    model = ablation.fresh_prior(trained, "residual", "cosine").eval()
+    assert ablation.learned_share(model, x, 1e-2, seed=3, count=40, chunk=16) == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(3)
+    latents = model.latent_terms(model.vae.encode(x))
+    model.guided_eps = lambda z_t, t, inputs: posterior_mixture_eps(model, z_t, t, (latents.mean, latents.variance))
+    assert ablation.learned_share(model, x, 1e-2, seed=3, count=40, chunk=16) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_gaussian_fit_draws_the_mean_and_covariance_of_its_latents(ablation):

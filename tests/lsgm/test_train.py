@@ -198,6 +198,7 @@ def test_a_non_finite_score_loss_skips_only_the_score_update(tmp_path, monkeypat
     ("train.log_every=0", "train.log_every must be a positive integer"),
     ("train.stage1_steps=9", "train.stage1_steps must be an integer in 0..train.steps (8)"),
     ("train.lr_vae=nan", "train.lr_vae must be a positive number"),
+    ("train.score_target=posterior", "train.score_target must be one of ['noise', 'posterior_mixture']"),
 ])
 def test_bad_training_numbers_are_refused_before_any_work(tmp_path, override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -282,6 +283,7 @@ PRESET_KINDS = {"digits_vae": "vae", "digits_pixel": "pixel", "digits_class_pixe
     (["experiment=digits_ldm", "vae=digits"], "vae=none (the first stage is the autoencoder)"),
     (["experiment=digits_ldm", "train.score_in_stage1=true"], "train.score_in_stage1: false"),
     (["experiment=digits_ldm", "train.stage1_steps=0"], "or train.first_stage"),
+    (["experiment=digits_pixel", "train.score_target=posterior_mixture"], "train.score_target: noise"),
     (["autoencoder=digits_kl"], "kind=lsgm needs autoencoder: null"),
     (["experiment=digits_ldm", "autoencoder.loss.perceptual=vgg"], "unknown perceptual loss 'vgg'"),
     (["experiment=cifar10_ldm", "data=digits", "autoencoder.loss.perceptual_path=null"],

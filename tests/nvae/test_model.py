@@ -85,9 +85,13 @@ def test_prior_standardised_latents(vae, digits):
     assert torch.allclose(vae.decode(out.eps, space="eps").log_prob(x), out.dist.log_prob(x), atol=1e-5)
     assert not torch.allclose(out.eps[1], out.z[1])  # a group with a learned conditional prior
     assert torch.equal(out.eps[0], out.z[0])  # the first group's prior is N(0, I)
-    for eps, log_q_eps, log_p, log_q in zip(out.eps, out.log_q_eps, out.log_p, out.log_q):
+    for eps, log_q_eps, log_p, log_q, mean, std in zip(out.eps, out.log_q_eps, out.log_p, out.log_q, out.eps_mean,
+                                                       out.eps_std):
         log_normal = torch.from_numpy(stats.norm.logpdf(eps.double().numpy())).flatten(1).sum(1)
         assert torch.allclose(log_normal - log_q_eps.double(), (log_p - log_q).double(), atol=1e-4)
+        # q(ε_g | x, ε_<g) = N(eps_mean, eps_std²): its density at the draw is log q(ε_g)
+        log_posterior = stats.norm.logpdf(eps.double().numpy(), mean.double().numpy(), std.double().numpy())
+        assert torch.allclose(torch.from_numpy(log_posterior).flatten(1).sum(1), log_q_eps.double(), atol=1e-4)
     with pytest.raises(ValueError, match="space"):
         vae.decode(out.eps, space="x")
 
