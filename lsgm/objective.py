@@ -25,10 +25,11 @@ E[ε | z_t] when z_0 is drawn from the mixture of the batch's posteriors q(z|x_b
     ε*(z_t) = σ_t Σ_b w_b (z_t − m_t μ_b)/(m_t² v_b + σ²_t),   w_b ∝ N(z_t; m_t μ_b, m_t² v_b + σ²_t)
 (`sde.gaussian.diagonal_mixture_eps`; the Stable Target Field of Xu et al. 2023 with the reference points widened to
 their posteriors). The posteriors are wide (their std in ε is 0.5–1 on digits), so below σ_t ≈ 0.3 the plain target
-ε is mostly posterior noise, which ε* averages out; the mixture over the batch also averages over which image z_t
-came from. The VAE's cross-entropy keeps the plain DSM estimate, so the bound is unchanged. Two approximations, both
-measured (README): the reference is the batch, not the whole aggregate posterior, and a group's posterior is taken
-at the pass's draw of the groups above it (the mixture ignores that lower groups' means move with that draw).
+ε is the posterior's noise more than the signal (10–100×, README), which ε* averages out; the mixture over the batch
+also averages over which image z_t came from. The VAE's cross-entropy keeps the plain DSM estimate, so the bound is
+unchanged. Two approximations: the reference is the batch, not the whole aggregate posterior (larger references
+measured no better, README), and a group's posterior is taken at the pass's draw of the groups above it (the mixture
+ignores that lower groups' means move with that draw; not measured).
 
 The bound is estimated with the VAE's analytic KLs. In ε the VAE's own prior is N(0, I), and the KL is invariant
 under z ↔ ε, so E_q[log q − log p] over every group is Σ_g KL(q(z_g|x, z_<g) ‖ p(z_g|z_<g)), and
