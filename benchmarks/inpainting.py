@@ -2,7 +2,7 @@
 
     python benchmarks/inpainting.py --latent CKPT [--pixel CKPT] [--masks wide narrow half lines every_second expand]
         [--num-images 100] [--seeds 0 1 2] [--t-T 250 --jump-length 10 --jump-n-sample 10]
-        [--consistency-steps 100] [--out DIR] [--threads 2]
+        [--consistency-steps 100] [--samples 8] [--latent-threshold 0.5] [--out DIR] [--threads 2]
 
 On the first `--num-images` images of the digits test split, for every mask type (`lsgm.apps.masks`, or a .png
 mask), each method fills the unknown pixels and is scored by the RMSE on the unknown pixels only, in the data's
@@ -16,6 +16,11 @@ mask), each method fills the unknown pixels and is scored by the RMSE on the unk
                   the decoder before decoding (an option of the library's inpainting, off by default)
     pixel         RePaint on the pixels of a pixel-space checkpoint (--pixel, e.g. experiment=digits_ddpm or
                   digits_pixel); left out without --pixel
+    ..., mean of draws   the mean of `--samples` RePaint draws per image (`inpaint(..., samples=S)`, latent
+                  without the consistency step): the model's estimate of E[x | known pixels], the completion of least
+                  squared error. One draw, even from the true conditional, has twice the conditional variance as
+                  its expected squared error, so a draw can lose to the mean fill in RMSE where the model is right;
+                  the mean of draws is the like-for-like comparison with a mean
 
 All RePaint runs take t_T respaced steps of the model's chain with RePaint's resampling (`--jump-length`,
 `--jump-n-sample`). Each seed draws its own masks (`make_masks(kind, n, size, seed)`; only wide and narrow are
@@ -24,8 +29,9 @@ same masks and the RePaint methods the same seed, so latent and latent+step shar
 only by the consistency step. Cells are mean ± standard deviation over `--seeds`.
 
 How to read it: lower is better; the mean fill is the floor a model has to beat (an RMSE near it means the
-completion carries no more information about the missing pixels than the average digit). "latent < fill" and
-"latent+step < fill" say whether latent RePaint beats the mean fill, without and with the consistency step,
+completion carries no more information about the missing pixels than the average digit). "latent < fill",
+"latent+step < fill" and "latent mean < fill" say whether latent RePaint beats the mean fill: one draw without and
+with the consistency step, and the mean of draws without it,
 "latent+step ≤ pixel" whether the latent model inpaints at least as well as the pixel model; the flags compare
 the means, so read a close call against the ± first. The summary line counts the masks where each flag holds.
 The wall columns of the CSV are seconds per mask and seed on `--threads` CPU threads.
@@ -47,16 +53,17 @@ from nfe_vs_quality import Report, markdown_row, write_csv
 
 from lsgm.apps import cli
 from lsgm.apps.chain import model_chain
-from lsgm.apps.inpaint import CONSISTENCY_STEPS, inpaint, repaint_schedule, unknown_rmse
+from lsgm.apps.inpaint import CONSISTENCY_STEPS, LATENT_THRESHOLD, inpaint, repaint_schedule, unknown_rmse
 from lsgm.apps.masks import MASK_TYPES, make_masks
 from lsgm.checkpoint import CheckpointError
 
 PROGRAM = "inpainting"
-METHODS = ("mean_fill", "latent", "latent_step", "pixel")
-METHOD_HEADERS = ("mean fill", "latent", "latent+step", "pixel")
+METHODS = ("mean_fill", "latent", "latent_step", "latent_mean", "pixel", "pixel_mean")
+METHOD_HEADERS = ("mean fill", "latent", "latent+step", "latent, mean of draws", "pixel", "pixel, mean of draws")
 # flag: (method, compared with, header, strictly less)
 FLAGS = {"latent_beats_fill": ("latent", "mean_fill", "latent < fill", True),
          "latent_step_beats_fill": ("latent_step", "mean_fill", "latent+step < fill", True),
+         "latent_mean_beats_fill": ("latent_mean", "mean_fill", "latent mean < fill", True),
          "latent_step_at_most_pixel": ("latent_step", "pixel", "latent+step ≤ pixel", False)}
 COLUMNS = ("mask", "unknown_fraction",
            *(f"{method}_{what}" for method in METHODS for what in ("rmse", "rmse_std", "wall_s")),
@@ -76,6 +83,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jump-n-sample", type=int, default=10)
     parser.add_argument("--consistency-steps", type=int, default=CONSISTENCY_STEPS,
                         help="the decoder consistency step's Adam steps for latent+step")
+    parser.add_argument("--latent-threshold", type=float, default=LATENT_THRESHOLD,
+                        help="a latent cell is known when this fraction of the pixels under it is known")
+    parser.add_argument("--samples", type=int, default=8,
+                        help="RePaint draws averaged per image for the 'mean of draws' columns (1: leave them out)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <latent run folder>/eval)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     arguments = parser.parse_args(argv)
@@ -86,8 +97,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     bad_masks = [mask for mask in arguments.masks if mask not in MASK_TYPES and not is_png_file(mask)]
     if bad_masks:
         parser.error(f"unknown mask(s) {', '.join(bad_masks)}; valid: {', '.join(MASK_TYPES)}, or a .png file")
-    if arguments.num_images < 1 or arguments.consistency_steps < 1:
-        parser.error("--num-images and --consistency-steps must be at least 1")
+    if min(arguments.num_images, arguments.consistency_steps, arguments.samples) < 1:
+        parser.error("--num-images, --consistency-steps and --samples must be at least 1")
     return arguments
 
 
@@ -129,12 +140,18 @@ def complete_all(models: dict, images: torch.Tensor, mask: torch.Tensor, train_m
     """Each method's completion of the masked images and its wall seconds."""
     repaint = {"t_T": arguments.t_T, "jump_length": arguments.jump_length,
                "jump_n_sample": arguments.jump_n_sample, "seed": seed}
+    latent = {**repaint, "latent_threshold": arguments.latent_threshold}
     runs = {"mean_fill": lambda: mask * images + (1 - mask) * train_mean,
-            "latent": lambda: inpaint(models["latent"], images, mask, consistency_steps=0, **repaint),
+            "latent": lambda: inpaint(models["latent"], images, mask, consistency_steps=0, **latent),
             "latent_step": lambda: inpaint(models["latent"], images, mask,
-                                           consistency_steps=arguments.consistency_steps, **repaint)}
+                                           consistency_steps=arguments.consistency_steps, **latent)}
+    if arguments.samples > 1:
+        runs["latent_mean"] = lambda: inpaint(models["latent"], images, mask, consistency_steps=0,
+                                              samples=arguments.samples, **latent)
     if models["pixel"] is not None:
         runs["pixel"] = lambda: inpaint(models["pixel"], images, mask, **repaint)
+        if arguments.samples > 1:
+            runs["pixel_mean"] = lambda: inpaint(models["pixel"], images, mask, samples=arguments.samples, **repaint)
     return {method: timed(run) for method, run in runs.items()}
 
 
@@ -218,7 +235,9 @@ def header_line(arguments, images: torch.Tensor) -> str:
     return (f"latent {arguments.latent}{pixel}: the first {len(images)} test images, seeds "
             f"{' '.join(map(str, arguments.seeds))}; RePaint t_T = {arguments.t_T}, jump length "
             f"{arguments.jump_length}, jump_n_sample {arguments.jump_n_sample} ({model_calls} model calls per run); "
-            f"consistency step {arguments.consistency_steps} Adam steps; RMSE on the unknown pixels, mean ± std "
+            f"latent threshold {arguments.latent_threshold}; consistency step {arguments.consistency_steps} Adam "
+            f"steps; mean of {arguments.samples} draws; "
+            "RMSE on the unknown pixels, mean ± std "
             "over seeds\n")
 
 

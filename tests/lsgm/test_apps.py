@@ -142,6 +142,28 @@ def test_gaussian_inpainting_samples_the_analytic_conditional():
     assert max(mean_error.abs().max(), var_error.abs().max()) > 4, (mean_error, var_error)
 
 
+def test_inpainting_sample_mean_estimates_the_conditional_mean():
+    """samples = S: the mean of S RePaint draws of one image — the same draws as inpainting the image repeated S times
+    with the same seed — within 4 standard errors √(var/S) of the analytic conditional mean (Gaussian, exact ε);
+    a bad count is refused."""
+    known = torch.tensor([True, False, False, True]).reshape(1, 1, 2, 2)
+    x = torch.tensor([0.8, 0.0, 0.0, -0.3], dtype=torch.float64).reshape(1, 1, 2, 2)
+    options = {"t_T": 100, "jump_length": 10, "jump_n_sample": 10, "seed": 0}
+    n = 400
+    estimate = inpaint(gaussian_model(), x, known, samples=n, **options)
+    draws = inpaint(gaussian_model(), x.expand(n, 1, 2, 2), known, **options)
+    assert torch.allclose(estimate, draws.mean(0, keepdim=True), atol=1e-12)
+    flat = known.flatten()
+    gain = COV[~flat][:, flat] @ torch.linalg.inv(COV[flat][:, flat])
+    mean = MEAN[~flat] + gain @ (x.flatten()[flat] - MEAN[flat])
+    var = (COV[~flat][:, ~flat] - gain @ COV[flat][:, ~flat]).diagonal()
+    error = (estimate.flatten()[~flat] - mean) / (var / n).sqrt()
+    assert error.abs().max() < 4, error
+    assert torch.allclose(estimate.flatten()[flat], x.flatten()[flat], atol=1e-12)
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        inpaint(gaussian_model(), x, known, samples=0, **options)
+
+
 def test_latent_mask_on_every_group_grid():
     """Two scales: a top group on the 2×2 grid (cells of 4×4 pixels), a finer one on 4×4 (cells of 2×2 pixels) packed
     onto the 2×2 grid as 4 channels per channel, channel 4c + 2a + b at (i, j) holding fine cell (2i + a, 2j + b)."""
@@ -298,7 +320,7 @@ def test_inpaint_command_writes_a_grid_and_rmse_table(checkpoint, tmp_path):
 
     out = tmp_path / "inpaint.png"
     rows = main([f"ckpt={checkpoint}", "masks=[half,every_second]", "num_images=3", "t_T=4", "jump_length=2",
-                 "jump_n_sample=2", "consistency_steps=2", f"out={out}"])
+                 "jump_n_sample=2", "consistency_steps=2", "samples=2", f"out={out}"])
     assert png_size(out) == (2 + 3 * 66, 2 + 6 * 66)  # 8×8 digits shown 8× with 2-pixel gaps: 3 images × 6 rows
     with out.with_suffix(".csv").open() as handle:
         table = list(csv.DictReader(handle))
@@ -328,4 +350,6 @@ def test_commands_reject_bad_arguments_with_one_message(checkpoint, tmp_path):
         main([f"ckpt={tmp_path / 'missing.pt'}"])
     with pytest.raises(SystemExit, match="error: unknown mask 'square'"):
         inpaint_main([f"ckpt={checkpoint}", "masks=[square]"])
+    with pytest.raises(SystemExit, match="samples must be a positive integer"):
+        inpaint_main([f"ckpt={checkpoint}", "samples=0"])
     assert callable(inpaint_function)  # importing the command module leaves lsgm.apps.inpaint the function
