@@ -156,9 +156,9 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     latents fills the unknown part by itself (README, "inpainting").
 
     `samples` > 1 returns the mean of that many completions (independent RePaint draws, run as one batch):
-    the Monte-Carlo estimate of E[x | known pixels] under the model, the estimate of least squared error, where one
-    draw's expected squared error is twice the model's conditional variance larger. A draw is a plausible digit; the
-    mean is blurred where the draws disagree.
+    the Monte-Carlo estimate of E[x | known pixels] under the model, the estimate of least squared error; one draw's
+    expected squared error is larger by the conditional variance (twice the mean's, where the model is right). A draw
+    is a plausible digit; the mean is blurred where the draws disagree.
     """
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer (RePaint draws to average), got {samples!r}")
