@@ -445,7 +445,9 @@ def test_a_resumed_run_continues_its_wandb_run_with_prefixed_metrics(tmp_path, m
     stored = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["wandb_id"]
     train(cfg, tmp_path)
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and {run.name.rsplit("-", 1)[1] for run in runs} == {stored}
+    # offline-run-<date>_<time>-<id>, with "-1" appended by wandb when both runs start within the same second
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(-\d+)?", run.name).group(1) for run in runs}
+    assert len(runs) == 2 and ids == {stored}, [run.name for run in runs]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*records) - {"step", "time", "elapsed"}
     assert {"train/loss_vae", "train/images_per_second", "val/bpd"} <= keys
