@@ -198,8 +198,8 @@ def check_arguments(cfg) -> None:
 def check_sampler_config(sampler) -> None:
     """The `sampler` node: a name of `sde.sampling.SAMPLERS` and a mapping of options."""
     cli.mapping(sampler, "sampler", "sampler=dpm2m")
-    check_sampler(sampler.name)
-    cli.mapping(sampler.options, "sampler.options", "sampler.options.steps=20")
+    check_sampler(sampler.get("name"))
+    cli.mapping(sampler.get("options"), "sampler.options", "sampler.options.steps=20")
 
 
 def check_memory(model, num_samples: int, name: str = "num_samples") -> None:

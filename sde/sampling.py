@@ -166,8 +166,8 @@ def sample_ddpm(eps_fn, schedule: DDPMSchedule, x_T: torch.Tensor, variance: str
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
     """`steps` integer steps from T down to 1, evenly spaced (all of T..1 when steps = T)."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must lie in 1..{T}, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
     if steps == 1:
         return [T]
     return [round(T - k * (T - 1) / (steps - 1)) for k in range(steps)]

@@ -213,6 +213,9 @@ def test_ddim_is_deterministic_given_x_T():
     assert nfe == 4 and custom.shape == x_T.shape
     with pytest.raises(ValueError, match="decreasing"):
         sampling.sample_ddim(data.eps_fn_discrete(SCHEDULE), SCHEDULE, x_T, timesteps=[1, 500])
+    for steps in (None, 0, 1001, 2.5):  # None reached here from `lsgm.sample sampler.options.steps=null` (fuzzing)
+        with pytest.raises(ValueError, match="steps must be an integer in 1..1000"):
+            sampling.ddim_timesteps(1000, steps)
 
 
 @pytest.mark.parametrize("variance, clip_x0", [("small", None), ("large", None), ("small", (-0.5, 0.5))])
