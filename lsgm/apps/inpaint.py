@@ -160,7 +160,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     expected squared error is larger by the conditional variance (twice the mean's, where the model is right). A draw
     is a plausible digit; the mean is blurred where the draws disagree.
     """
-    if not isinstance(samples, int) or samples < 1:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer (RePaint draws to average), got {samples!r}")
     mask = binary_mask(mask, x)
     if samples > 1:

@@ -58,6 +58,16 @@ def test_arguments_hydra_cannot_compose_are_one_usage_error(arguments, expected)
     assert str(raised.value).startswith(expected) and "\n" not in str(raised.value), str(raised.value)
 
 
+def test_a_sampler_node_without_a_name_is_one_usage_error():
+    """`sampler={}` composes (the fuzz test found it); the check refuses it by name instead of an AttributeError."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({})
+    OmegaConf.set_struct(node, True)  # as composed: a missing key raises instead of reading None
+    with pytest.raises(UsageError, match="sampler.name"):
+        sample.check_sampler_config(node)
+
+
 def test_valid_keys_follow_the_chosen_sampler():
     with pytest.raises(UsageError, match=r"valid: .*sampler\.name, sampler\.options\.steps, ckpt, "):
         compose(sample.CONFIG, ["sampler=dpm2m", "nope=1"])
