@@ -2,7 +2,8 @@
 
     python benchmarks/inpainting.py --latent CKPT [--pixel CKPT] [--masks wide narrow half lines every_second expand]
         [--num-images 100] [--seeds 0 1 2] [--t-T 250 --jump-length 10 --jump-n-sample 10]
-        [--consistency-steps 100] [--samples 8] [--latent-threshold 0.5] [--out DIR] [--threads 2]
+        [--consistency-steps 100] [--samples 8] [--latent-threshold 0.5] [--guidance 1.0]
+        [--guided-jump-n-sample 1] [--out DIR] [--threads 2]
 
 On the first `--num-images` images of the digits test split, for every mask type (`lsgm.apps.masks`, or a .png
 mask), each method fills the unknown pixels and is scored by the RMSE on the unknown pixels only, in the data's
@@ -14,6 +15,10 @@ mask), each method fills the unknown pixels and is scored by the RMSE on the unk
                   come out of RePaint (consistency_steps=0)
     latent+step   the same, with `--consistency-steps` Adam steps fitting the latents to the known pixels through
                   the decoder before decoding (an option of the library's inpainting, off by default)
+    latent, guided   one draw of latent RePaint guided by the decoder's fit to the known pixels (`inpaint(...,
+                  guidance=ζ)`, diffusion posterior sampling through the score network and the decoder; no
+                  consistency step), with `--guided-jump-n-sample` resampling: the known pixels reach every latent,
+                  also those no known latent cell carries (every_second)
     pixel         RePaint on the pixels of a pixel-space checkpoint (--pixel, e.g. experiment=digits_ddpm or
                   digits_pixel); left out without --pixel
     ..., mean of draws   the mean of `--samples` RePaint draws per image (`inpaint(..., samples=S)`, latent
@@ -30,8 +35,8 @@ only by the consistency step. Cells are mean ± standard deviation over `--seeds
 
 How to read it: lower is better; the mean fill is the floor a model has to beat (an RMSE near it means the
 completion carries no more information about the missing pixels than the average digit). "latent < fill",
-"latent+step < fill" and "latent mean < fill" say whether latent RePaint beats the mean fill: one draw without and
-with the consistency step, and the mean of draws without it,
+"latent+step < fill", "latent mean < fill" and "latent guided < fill" say whether latent RePaint beats the mean
+fill: one draw without and with the consistency step, the mean of draws without it, and one guided draw,
 "latent+step ≤ pixel" whether the latent model inpaints at least as well as the pixel model; the flags compare
 the means, so read a close call against the ± first. The summary line counts the masks where each flag holds.
 The wall columns of the CSV are seconds per mask and seed on `--threads` CPU threads.
@@ -45,11 +50,11 @@ Measured: see the README, "The score prior over all of the latents" (this table 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-from nfe_vs_quality import Report, markdown_row, write_csv
 
 from lsgm.apps import cli
 from lsgm.apps.chain import model_chain
@@ -57,13 +62,20 @@ from lsgm.apps.inpaint import CONSISTENCY_STEPS, LATENT_THRESHOLD, inpaint, repa
 from lsgm.apps.masks import MASK_TYPES, make_masks
 from lsgm.checkpoint import CheckpointError
 
+BENCHMARKS = Path(__file__).resolve().parent
+if str(BENCHMARKS) not in sys.path:  # also when loaded by file path (importlib), not as a script
+    sys.path.insert(0, str(BENCHMARKS))
+from nfe_vs_quality import Report, markdown_row, write_csv  # noqa: E402
+
 PROGRAM = "inpainting"
-METHODS = ("mean_fill", "latent", "latent_step", "latent_mean", "pixel", "pixel_mean")
-METHOD_HEADERS = ("mean fill", "latent", "latent+step", "latent, mean of draws", "pixel", "pixel, mean of draws")
+METHODS = ("mean_fill", "latent", "latent_step", "latent_mean", "latent_guided", "pixel", "pixel_mean")
+METHOD_HEADERS = ("mean fill", "latent", "latent+step", "latent, mean of draws", "latent, guided", "pixel",
+                  "pixel, mean of draws")
 # flag: (method, compared with, header, strictly less)
 FLAGS = {"latent_beats_fill": ("latent", "mean_fill", "latent < fill", True),
          "latent_step_beats_fill": ("latent_step", "mean_fill", "latent+step < fill", True),
          "latent_mean_beats_fill": ("latent_mean", "mean_fill", "latent mean < fill", True),
+         "latent_guided_beats_fill": ("latent_guided", "mean_fill", "latent guided < fill", True),
          "latent_step_at_most_pixel": ("latent_step", "pixel", "latent+step ≤ pixel", False)}
 COLUMNS = ("mask", "unknown_fraction",
            *(f"{method}_{what}" for method in METHODS for what in ("rmse", "rmse_std", "wall_s")),
@@ -87,6 +99,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a latent cell is known when this fraction of the pixels under it is known")
     parser.add_argument("--samples", type=int, default=8,
                         help="RePaint draws averaged per image for the 'mean of draws' columns (1: leave them out)")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="DPS step size ζ of the 'latent, guided' column (0: leave it out)")
+    parser.add_argument("--guided-jump-n-sample", type=int, default=1,
+                        help="RePaint's resampling for the guided column (1: none; each guided step differentiates "
+                             "the score network and the decoder)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <latent run folder>/eval)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     arguments = parser.parse_args(argv)
@@ -97,8 +114,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     bad_masks = [mask for mask in arguments.masks if mask not in MASK_TYPES and not is_png_file(mask)]
     if bad_masks:
         parser.error(f"unknown mask(s) {', '.join(bad_masks)}; valid: {', '.join(MASK_TYPES)}, or a .png file")
-    if min(arguments.num_images, arguments.consistency_steps, arguments.samples) < 1:
-        parser.error("--num-images, --consistency-steps and --samples must be at least 1")
+    if min(arguments.num_images, arguments.consistency_steps, arguments.samples, arguments.guided_jump_n_sample) < 1:
+        parser.error("--num-images, --consistency-steps, --samples and --guided-jump-n-sample must be at least 1")
+    if not arguments.guidance >= 0:
+        parser.error(f"--guidance must be a number ≥ 0, got {arguments.guidance}")
     return arguments
 
 
@@ -148,6 +167,9 @@ def complete_all(models: dict, images: torch.Tensor, mask: torch.Tensor, train_m
     if arguments.samples > 1:
         runs["latent_mean"] = lambda: inpaint(models["latent"], images, mask, consistency_steps=0,
                                               samples=arguments.samples, **latent)
+    if arguments.guidance > 0:
+        runs["latent_guided"] = lambda: inpaint(models["latent"], images, mask, guidance=arguments.guidance,
+                                                **(latent | {"jump_n_sample": arguments.guided_jump_n_sample}))
     if models["pixel"] is not None:
         runs["pixel"] = lambda: inpaint(models["pixel"], images, mask, **repaint)
         if arguments.samples > 1:
@@ -236,7 +258,8 @@ def header_line(arguments, images: torch.Tensor) -> str:
             f"{' '.join(map(str, arguments.seeds))}; RePaint t_T = {arguments.t_T}, jump length "
             f"{arguments.jump_length}, jump_n_sample {arguments.jump_n_sample} ({model_calls} model calls per run); "
             f"latent threshold {arguments.latent_threshold}; consistency step {arguments.consistency_steps} Adam "
-            f"steps; mean of {arguments.samples} draws; "
+            f"steps; mean of {arguments.samples} draws; guided: DPS ζ = {arguments.guidance}, one draw, "
+            f"jump_n_sample {arguments.guided_jump_n_sample}; "
             "RMSE on the unknown pixels, mean ± std "
             "over seeds\n")
 

@@ -2,7 +2,7 @@
 
     python -m lsgm.apps.inpaint ckpt=PATH [masks=[wide,narrow,half,lines,every_second,expand]] [num_images=8]
         [t_T=250] [jump_length=10] [jump_n_sample=10] [seed=0] [out=inpaint.png] [device=auto] [split=test]
-        [latent_threshold=0.5] [consistency_steps=0] [samples=1]
+        [latent_threshold=0.5] [consistency_steps=0] [samples=1] [guidance=0.0]
 
 which inpaints the first `num_images` images of the checkpoint's dataset split under each mask (a type of
 `lsgm.apps.masks` or a .png path), writes a grid of (masked input, result, original) rows per mask, and prints
@@ -75,11 +75,19 @@ def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -
 
 @torch.no_grad()
 def repaint(eps_fn, chain: Chain, known: torch.Tensor, mask: torch.Tensor, times: list[int],
-            clip_x0=None) -> tuple[torch.Tensor, int]:
+            clip_x0=None, residual=None, guidance: float = 0.0) -> tuple[torch.Tensor, int]:
     """RePaint (module docstring) along `times` (a `repaint_schedule` on `chain`) from x_{times[0]} ~ N(0, I).
 
     eps_fn(x, t) is continuous-time (t = τ_k/T at the chain's step k); `known` holds x_0 where mask = 1 (its
     other entries are never read); clip_x0 clamps the model's x̂_0. Returns (x_0, number of model calls).
+
+    With `residual` (x̂_0 (B, ...) → (B,), a measurement's misfit ‖y − A(x̂_0)‖ per image) and `guidance` ζ > 0,
+    every reverse step is also guided as diffusion posterior sampling (DPS, Chung et al. 2023), the gradient taken
+    through the network:
+
+        x_{k−1}^unknown ← x_{k−1}^unknown − ζ ∇_{x_k} ‖y − A(x̂_0(x_k))‖,
+
+    which conditions elements RePaint cannot replace (no known element in `mask`) on the measurement.
     """
     model = CountedModel(eps_fn)
     known = known * mask
@@ -88,10 +96,35 @@ def repaint(eps_fn, chain: Chain, known: torch.Tensor, mask: torch.Tensor, times
         if after > now:
             x = forward_step(chain.schedule, x, after, torch.randn_like(x))
             continue
-        unknown = reverse_step(chain.schedule, chain.eps(model, x, now), x, now, torch.randn_like(x), clip_x0)
+        if residual is not None and guidance > 0:
+            eps, gradient = guided_eps(model, chain, x, now, residual)
+        else:
+            eps, gradient = chain.eps(model, x, now), None
+        unknown = reverse_step(chain.schedule, eps, x, now, torch.randn_like(x), clip_x0)
+        if gradient is not None:
+            unknown = unknown - guidance * gradient
         noisy_known = chain.schedule.q_sample(known, after, torch.randn_like(x)) if after > 0 else known
         x = mask * noisy_known + (1 - mask) * unknown
     return model.finish(x, 0.0)
+
+
+def guided_eps(eps_fn, chain: Chain, x: torch.Tensor, k: int, residual) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε at step k and DPS's gradient ∇_{x_k} Σ_images residual(x̂_0(x_k)), x̂_0 = (x_k − √(1 − ᾱ_k) ε)/√ᾱ_k with ε
+    the network's at x_k (the gradient runs through it; each image's residual depends on its own x_k alone)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        eps = chain.eps(eps_fn, x, k)
+        misfit = residual(chain.schedule.x0_from_eps(x, k, eps)).sum()
+        gradient, = torch.autograd.grad(misfit, x)
+    return eps.detach(), gradient
+
+
+def known_pixel_residual(model, x: torch.Tensor, mask: torch.Tensor):
+    """DPS's misfit of a latent model's latents z to the known pixels: ‖m ⊙ (x − E[x | z])‖ per image, the decoder's
+    mean (`model.decoder`) in the data's [−1, 1] units against the pixels where mask = 1."""
+    def residual(z: torch.Tensor) -> torch.Tensor:
+        return ((model.decoder(z).mean() - x) * mask).flatten(1).norm(dim=1)
+    return residual
 
 
 def binary_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +171,7 @@ def fit_known_pixels(model, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
 @torch.no_grad()
 def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_length: int = 10,
             jump_n_sample: int = 10, seed: int | None = None, latent_threshold: float = LATENT_THRESHOLD,
-            consistency_steps: int = 0, samples: int = 1) -> torch.Tensor:
+            consistency_steps: int = 0, samples: int = 1, guidance: float = 0.0) -> torch.Tensor:
     """Images x (B, C, H, W) completed where mask = 0: x where mask = 1, the model's RePaint completion elsewhere,
     on the data grid of `model.levels`.
 
@@ -155,6 +188,10 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     decoder consistency step (`fit_known_pixels`) before decoding, an option: the score prior over all of the
     latents fills the unknown part by itself (README, "inpainting").
 
+    `guidance` ζ > 0 (latent models) guides every reverse step by the decoder's fit to the known pixels, diffusion
+    posterior sampling in the latent space (`repaint`, `known_pixel_residual`): the known pixels reach latent elements
+    that no latent cell carries, as under every_second, where RePaint alone replaces nothing and runs unconditionally.
+
     `samples` > 1 returns the mean of that many completions (independent RePaint draws, run as one batch):
     the Monte-Carlo estimate of E[x | known pixels] under the model, the estimate of least squared error; one draw's
     expected squared error is larger by the conditional variance (twice the mean's, where the model is right). A draw
@@ -162,19 +199,23 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer (RePaint draws to average), got {samples!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
+        raise ValueError(f"guidance must be a number ≥ 0 (the DPS step size ζ), got {guidance!r}")
     mask = binary_mask(mask, x)
     if samples > 1:
         draws = inpaint(model, x.repeat(samples, 1, 1, 1), mask.repeat(samples if mask.shape[0] > 1 else 1, 1, 1, 1),
-                        t_T, jump_length, jump_n_sample, seed, latent_threshold, consistency_steps)
+                        t_T, jump_length, jump_n_sample, seed, latent_threshold, consistency_steps, guidance=guidance)
         return draws.view(samples, *x.shape).mean(0)
     chain = model_chain(model, t_T)
     times = repaint_schedule(t_T, jump_length, jump_n_sample)
-    if consistency_steps and not hasattr(model, "decoder"):
-        raise ValueError(f"the consistency step fits a latent model's decoder; a {model.kind} model has none")
+    if (consistency_steps or guidance) and not hasattr(model, "decoder"):
+        what = "the consistency step fits" if consistency_steps else "guidance differentiates"
+        raise ValueError(f"{what} a latent model's decoder; a {model.kind} model has none")
+    residual = known_pixel_residual(model, x, mask) if guidance else None
     with seeded(seed):
         z_known = model.encode(fill_unknown(x, mask), mean=True)
         z, _ = repaint(model.eps_fn(), chain, z_known, model.known_latents(mask, latent_threshold), times,
-                       model.x0_range())
+                       model.x0_range(), residual, guidance)
         if consistency_steps:
             z = fit_known_pixels(model, z, x, mask, consistency_steps)
         completed = model.decode(z, mean=True)
@@ -211,6 +252,7 @@ def check_arguments(cfg) -> None:
     lsgm_cli.fraction(cfg.latent_threshold, "latent_threshold")
     lsgm_cli.non_negative_integer(cfg.consistency_steps, "consistency_steps")
     lsgm_cli.positive_integer(cfg.samples, "samples")
+    lsgm_cli.non_negative_number(cfg.guidance, "guidance")
     for path in (lsgm_cli.output_file(cfg.out, "out", (".png",)), Path(cfg.out).with_suffix(".csv")):
         lsgm_cli.writable(path, "out")
 
@@ -226,7 +268,7 @@ def run(cfg) -> list[dict]:
     for kind in cfg.masks:
         mask = make_masks(str(kind), len(images), size, cfg.seed).to(images)
         result = inpaint(model, images, mask, cfg.t_T, cfg.jump_length, cfg.jump_n_sample, cfg.seed,
-                         cfg.latent_threshold, cfg.consistency_steps, cfg.samples)
+                         cfg.latent_threshold, cfg.consistency_steps, cfg.samples, float(cfg.guidance))
         baseline = mask * images + (1 - mask) * train_mean
         rows.append({"mask": str(kind), "unknown_fraction": round(float(1 - mask.mean()), 4),
                      "rmse": round(unknown_rmse(result, images, mask), 4),
