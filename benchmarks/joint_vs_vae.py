@@ -17,9 +17,9 @@ the per-seed differences, which also carries the training noise.
 
 Measured (2 CPU cores, one thread per run, the default 1000-step budget, k = 4, 8 probes, test bits/dim, each seed's
 runs scored together by `--runs`; the README's table):
-    seed 0: VAE 1.8619, LSGM 1.8490;  seed 1: 1.8676, 1.8618;  seed 2: 1.8702, 1.8611;
-    LSGM − VAE −0.0093 ± 0.0021 over the seeds with the preset's four noise draws per latent (one draw, the preset
-    before: −0.0020 ± 0.0023, a tie)
+    seed 0: VAE 1.8142, LSGM 1.7970;  seed 1: 1.8274, 1.8245;  seed 2: 1.8196, 1.8155 (`--train`);
+    LSGM − VAE −0.0081 ± 0.0046 over the seeds at the presets' VAE rate 3e-2; at 1e-2 (the presets before) with four
+    noise draws per latent −0.0093 ± 0.0021 (VAE 1.8666, LSGM 1.8573), with one draw −0.0020 ± 0.0023, a tie
 """
 
 from __future__ import annotations
