@@ -95,9 +95,11 @@ def parse_arguments(description: str, steps: int, breakdown_option: bool = False
 
 def step_config(overrides: list[str]):
     """The config a step-time benchmark trains: no logger, stage 1 for the first STAGE1_STEPS steps of a run too long
-    to end, `overrides` on top."""
+    to end, the KL at full weight (the warm-up's end: the measured steps repeat one step number, and at the warm-up's
+    start, KL weight ~0, repeated steps of the default preset's rate drive the posteriors away until the guard stops
+    the run), `overrides` on top."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("config", overrides=["logger=none", "train.steps=1000000",
+        return compose("config", overrides=["logger=none", "train.steps=1000000", "train.kl_warmup=0",
                                             f"train.stage1_steps={STAGE1_STEPS}", *overrides])
 
 
