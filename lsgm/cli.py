@@ -379,8 +379,6 @@ def reporting_errors(program: str):
     memory, non-finite sampling and Ctrl-C. LSGM_DEBUG=1 lets them through as tracebacks."""
     import torch
 
-    from sde.solvers import NonFiniteError
-
     from .checkpoint import CheckpointError
 
     if os.environ.get("LSGM_DEBUG"):
@@ -392,7 +390,7 @@ def reporting_errors(program: str):
         stop(program, str(error), BAD_INPUT)
     except (MemoryError, torch.cuda.OutOfMemoryError) as error:
         stop(program, f"out of memory ({first_line(error)}); lower batch_size or the number of images", BAD_INPUT)
-    except NonFiniteError as error:
+    except FloatingPointError as error:  # NonFiniteError (a sampler's), or a decoder's non-finite output
         stop(program, f"{error}; or lower temperature, guidance or the sampler's options", DIVERGED)
     except KeyboardInterrupt:
         stop(program, "interrupted", INTERRUPTED)

@@ -108,6 +108,9 @@ class DiscreteImageDistribution:
         global one)."""
         log_p = self.bin_log_probs()
         probabilities = log_p.softmax(-1).reshape(-1, self.levels)
+        if not torch.isfinite(probabilities).all():
+            raise FloatingPointError("non-finite value in the decoder's output; check the model's weights and the "
+                                     "latents it decodes")
         k = torch.multinomial(probabilities, 1, True, generator=generator).view(log_p.shape[:-1])
         return bin_centers(self.levels, log_p.device, log_p.dtype)[k]
 

@@ -2,6 +2,7 @@
 the fix, exit status 2 (lsgm.cli.BAD_INPUT), before a model is loaded or any work is done."""
 
 import importlib
+import re
 import subprocess
 import sys
 
@@ -155,8 +156,10 @@ def test_sampling_that_diverges_exits_with_status_3_in_one_line(tiny_checkpoint)
     with pytest.raises(CommandError) as raised:
         run(main, config, program, [f"ckpt={tiny_checkpoint}", "temperature=1e30", "sampler=heun",
                                     "sampler.options.steps=2", "num_samples=2", "out=never.npz"])
-    assert raised.value.code == DIVERGED
-    assert str(raised.value).startswith("lsgm.sample: error: non-finite value in eps_fn's output at t = 1")
+    assert raised.value.code == DIVERGED  # the network's output at t = 1, or, where the score prior's channels are
+    # all inactive (masked out of the network), the decoder's output for latents of size ~1e30
+    assert re.match(r"lsgm\.sample: error: non-finite value in (eps_fn's output at t = 1|the decoder's output)",
+                    str(raised.value)), str(raised.value)
     assert str(raised.value).endswith("or lower temperature, guidance or the sampler's options")
 
 

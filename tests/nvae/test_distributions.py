@@ -167,3 +167,12 @@ def test_normal_sample_temperature_scales_the_spread():
     n = Normal(torch.full((100_000,), 1.0), torch.full((100_000,), math.log(2.0)))
     assert n.sample(0.5).std().item() == pytest.approx(1.0, rel=0.02)
     assert torch.equal(n.sample(0.0), n.mu)
+
+
+def test_sampling_non_finite_probabilities_raises_floating_point_error():
+    """A decoder's NaN logits (e.g. from latents of size ~1e30) raise FloatingPointError, which the commands report as
+    diverged sampling (exit status 3), instead of torch.multinomial's RuntimeError."""
+    logits = torch.zeros(1, 1, 2, 2, 17)
+    logits[0, 0, 1, 1, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite value in the decoder's output"):
+        Categorical(logits).sample()
