@@ -89,6 +89,8 @@ def repaint(eps_fn, chain: Chain, known: torch.Tensor, mask: torch.Tensor, times
 
     which conditions elements RePaint cannot replace (no known element in `mask`) on the measurement.
     """
+    if guidance and residual is None:
+        raise ValueError("guidance needs a residual to differentiate (the measurement's misfit of x̂_0)")
     model = CountedModel(eps_fn)
     known = known * mask
     x = torch.randn_like(known)
@@ -96,7 +98,7 @@ def repaint(eps_fn, chain: Chain, known: torch.Tensor, mask: torch.Tensor, times
         if after > now:
             x = forward_step(chain.schedule, x, after, torch.randn_like(x))
             continue
-        if residual is not None and guidance > 0:
+        if guidance:
             eps, gradient = guided_eps(model, chain, x, now, residual)
         else:
             eps, gradient = chain.eps(model, x, now), None
@@ -199,7 +201,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, t_T: int = 250, jump_len
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer (RePaint draws to average), got {samples!r}")
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance >= 0:
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
         raise ValueError(f"guidance must be a number ≥ 0 (the DPS step size ζ), got {guidance!r}")
     mask = binary_mask(mask, x)
     if samples > 1:

@@ -258,8 +258,11 @@ def test_latent_guidance_fits_the_known_pixels_no_latent_cell_holds():
     assert torch.equal(result * mask, x * mask) and torch.equal(model.to_data_grid(result), result)
     with pytest.raises(ValueError, match="guidance differentiates a latent model's decoder"):
         inpaint(pixel_model(), x, mask, guidance=1.0, **options)
-    with pytest.raises(ValueError, match="guidance must be a number ≥ 0"):
-        inpaint(model, x, mask, guidance=-1.0, **options)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="guidance must be a number ≥ 0"):
+            inpaint(model, x, mask, guidance=bad, **options)
+    with pytest.raises(ValueError, match="guidance needs a residual"):
+        repaint(model.eps_fn(), chain, z_known, mask.new_zeros(1, *z_known.shape[1:]), times, None, None, 1.0)
 
 
 # --- interpolation ------------------------------------------------------------------------------------------------
