@@ -116,8 +116,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown mask(s) {', '.join(bad_masks)}; valid: {', '.join(MASK_TYPES)}, or a .png file")
     if min(arguments.num_images, arguments.consistency_steps, arguments.samples, arguments.guided_jump_n_sample) < 1:
         parser.error("--num-images, --consistency-steps, --samples and --guided-jump-n-sample must be at least 1")
-    if not arguments.guidance >= 0:
-        parser.error(f"--guidance must be a number ≥ 0, got {arguments.guidance}")
+    if not 0 <= arguments.guidance < float("inf"):
+        parser.error(f"--guidance must be a finite number ≥ 0, got {arguments.guidance}")
     return arguments
 
 
