@@ -18,6 +18,8 @@ import torch
 from .base import SDE
 from .ddpm import DDPMSchedule
 
+MIXTURE_CHUNK = 2**16  # elements of a (rows, K, D) intermediate of `diagonal_mixture_eps` (256 KiB in float32)
+
 
 class GaussianMixture:
     """Σ_k π_k N(μ_k, Σ_k) in D dimensions. `covs` is (K, D, D), or (K, D) for diagonal covariances."""
@@ -109,16 +111,25 @@ def diagonal_mixture_eps(x: torch.Tensor, mean_coeff: torch.Tensor, std: torch.T
         ε*(x) = σ Σ_k w_k (x − m μ_k) / (m² v_k + σ²),   w_k ∝ N(x; m μ_k, diag(m² v_k + σ²)),
     with (m, σ) per row of x. The float32, diagonal, batched-over-t special case of `GaussianMixture.eps`, cheap
     enough for a training target: x (B, D), mean_coeff and std (B,), means and variances (K, D); returns (B, D).
+    The (rows, K, D) intermediates are formed MIXTURE_CHUNK elements at a time, so that they stay in cache: 2-3× faster
+    than whole-batch tensors at B = 256, K = 64, D = 160 on one CPU core (`benchmarks/mixture_target.py`).
 
     As a denoising target (`lsgm.objective`, the posterior-mixture target) it is the Stable Target Field of Xu et
     al. (2023) with every reference a Gaussian instead of a point: E‖ε̂(x_t) − ε*(x_t)‖² has the minimiser of
     E‖ε̂(x_t) − ε‖² when x_0 comes from the mixture, without the noise of ε given x_t."""
-    m = mean_coeff.reshape(-1, 1, 1)
-    precision = 1.0 / (m**2 * variances[None] + std.reshape(-1, 1, 1) ** 2)  # (B, K, D)
-    centred = x[:, None, :] - m * means[None]
-    log_joint = 0.5 * (precision.log() - centred**2 * precision).sum(-1)  # log N up to a constant shared by every k
-    responsibilities = torch.softmax(log_joint, 1)
-    return std.reshape(-1, 1) * torch.einsum("bk,bkd->bd", responsibilities, centred * precision)
+    rows = max(1, MIXTURE_CHUNK // max(means.numel(), 1))
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], rows):
+        part = slice(start, start + rows)
+        m, sigma = mean_coeff[part].reshape(-1, 1, 1), std[part].reshape(-1, 1, 1)
+        variance = torch.addcmul(sigma**2, m**2, variances[None])  # m² v_k + σ², (rows, K, D)
+        centred = torch.addcmul(x[part, None, :], m, means[None], value=-1.0)  # x − m μ_k
+        scaled = centred / variance
+        # log N(x; m μ_k, diag(m² v_k + σ²)) up to a constant shared by every k
+        log_joint = -0.5 * (variance.log_().sum(-1) + torch.linalg.vecdot(scaled, centred))
+        responsibilities = torch.softmax(log_joint, 1)
+        out[part] = sigma.reshape(-1, 1) * torch.bmm(responsibilities[:, None, :], scaled).squeeze(1)
+    return out
 
 
 def gaussian(mean, cov) -> GaussianMixture:

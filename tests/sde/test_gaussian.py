@@ -66,8 +66,11 @@ def test_eps_fns_continuous_and_discrete_agree_on_the_same_noise_level():
     assert torch.allclose(mix.eps_fn(vp)(x, t), mix.eps_fn_discrete(schedule)(x, steps), atol=1e-8)
 
 
-def test_diagonal_mixture_eps_matches_the_general_mixture():
-    """The float32 diagonal target (a noise level per row) equals GaussianMixture.eps in float64."""
+@pytest.mark.parametrize("chunk", [sde.gaussian.MIXTURE_CHUNK, 60, 1])  # one pass; 2 rows at a time; 1 row
+def test_diagonal_mixture_eps_matches_the_general_mixture(chunk, monkeypatch):
+    """The float32 diagonal target (a noise level per row) equals GaussianMixture.eps in float64, whatever the rows
+    per cache-sized chunk."""
+    monkeypatch.setattr(sde.gaussian, "MIXTURE_CHUNK", chunk)
     gen = torch.Generator().manual_seed(3)
     means = torch.randn(5, 6, generator=gen, dtype=torch.float64)
     variances = 0.05 + torch.rand(5, 6, generator=gen, dtype=torch.float64)
