@@ -126,7 +126,7 @@ def diagonal_mixture_eps(x: torch.Tensor, mean_coeff: torch.Tensor, std: torch.T
         centred = torch.addcmul(x[part, None, :], m, means[None], value=-1.0)  # x − m μ_k
         scaled = centred / variance
         # log N(x; m μ_k, diag(m² v_k + σ²)) up to a constant shared by every k
-        log_joint = -0.5 * (variance.log_().sum(-1) + torch.linalg.vecdot(scaled, centred))
+        log_joint = -0.5 * (variance.log().sum(-1) + torch.linalg.vecdot(scaled, centred))
         responsibilities = torch.softmax(log_joint, 1)
         out[part] = sigma.reshape(-1, 1) * torch.bmm(responsibilities[:, None, :], scaled).squeeze(1)
     return out

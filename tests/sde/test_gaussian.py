@@ -84,6 +84,20 @@ def test_diagonal_mixture_eps_matches_the_general_mixture(chunk, monkeypatch):
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+def test_diagonal_mixture_eps_gradients_match_finite_differences(monkeypatch):
+    """Chunked and fused, the target stays differentiable in x, the means and the variances (float64 gradcheck)."""
+    monkeypatch.setattr(sde.gaussian, "MIXTURE_CHUNK", 12)  # two rows a chunk (K × D = 6)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    means = torch.randn(2, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    variances = (0.1 + torch.rand(2, 3, generator=gen, dtype=torch.float64)).requires_grad_()
+    mean_coeff = torch.rand(5, generator=gen, dtype=torch.float64)
+    std = (1 - mean_coeff**2).sqrt()
+    assert torch.autograd.gradcheck(
+        lambda *args: sde.gaussian.diagonal_mixture_eps(args[0], mean_coeff, std, args[1], args[2]),
+        (x, means, variances))
+
+
 def test_diagonal_mixture_eps_is_the_posterior_mean_of_the_noise():
     """Monte Carlo: x_0 from a 1-D two-component mixture, x_t = m x_0 + σ ε; the average ε of the draws whose x_t falls
     in a narrow bin is the target at the bin's centre (within its sampling error)."""
