@@ -236,6 +236,18 @@ class BrownianIncrements(torchsde.BaseBrownian):
         return "space-time" if self.levy_area else "none"
 
 
+# Where torchsde's one step of each method on [u, u + 1] evaluates the drift and the diffusion (SRA1's c0 and c1)
+SDE_STAGES = {"euler": (0.0,), "milstein": (0.0,), "srk": (0.0, 0.75, 1.0)}
+
+
+def sde_stage_times(times: torch.Tensor, method: str) -> list[float]:
+    """The times t, as Python floats, at which `solve_sde` asks for the drift and the diffusion on the grid `times`
+    (each step's `SDE_STAGES`), bit for bit: a caller can compute its coefficients there before the loop."""
+    check_choice(method, SDE_METHODS, "SDE method")
+    clock = StepClock(times)
+    return [clock.time(k + stage) for k in range(clock.steps) for stage in SDE_STAGES[method]]
+
+
 class _ClockedSDE:
     """dx = drift(t, x) dt + g(t) dW(t) on the step clock u of `StepClock`, for torchsde (flattened states (B, D)):
 

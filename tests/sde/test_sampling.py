@@ -294,6 +294,32 @@ def test_sde_is_reproducible_and_milstein_equals_euler_for_additive_noise():
     assert torch.allclose(run_sde("milstein", 1), euler, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", solvers.SDE_METHODS)
+def test_sde_steps_read_coefficients_computed_before_the_loop(method, monkeypatch):
+    tables = []
+
+    class Recorded(sampling.GridCoefficients):
+        def __init__(self, *args):
+            super().__init__(*args)
+            tables.append(self)
+
+    monkeypatch.setattr(sampling, "GridCoefficients", Recorded)
+    data = gaussian_2d()
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grid = edm_grid(VP, 23, 1e-3)  # uneven steps: every stage time off the grid points must match bit for bit
+    sampling.sample_sde(data.eps_fn(VP), VP, x_T, grid, method=method, generator=torch.Generator().manual_seed(0))
+    (table,) = tables
+    assert table.misses == 0
+    assert len(table.table) == len(set(solvers.sde_stage_times(grid, method)))
+    # a time off the table is computed on its own, kept and counted
+    expected = VP.coefficients(torch.tensor(0.37, dtype=torch.float64))
+    got = table(0.37)
+    assert table.misses == 1
+    assert [float(v) for v in expected] == list(got)
+    table(0.37)
+    assert table.misses == 1
+
+
 def test_brownian_increments_have_the_right_law_and_refuse_revisits():
     bm = solvers.BrownianIncrements((20000, 2), torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0),
                                      levy_area=True)
