@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import record_function
 
-from nvae.train import FitConfig, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
+from nvae.train import FitConfig, fastest_optimizer, kl_warmup_weight, make_optimizer, set_lr, warmup_cosine_lr
 
 from . import distributed
 from .build import build_model, load, load_first_stage, load_splits, plain
@@ -136,10 +136,11 @@ class Trainer:
                                     spectral_weight=self.train_cfg.spectral_weight,
                                     norm_weight=self.train_cfg.norm_weight, betas=betas)
         self.vae_optimizer = make_optimizer(self.vae_parameters, self.fit_config) if self.vae_parameters else None
-        self.disc_optimizer = torch.optim.Adam(self.disc_parameters, lr=self.lr_disc, betas=betas, foreach=True) \
-            if self.disc_parameters else None
-        self.score_optimizer = torch.optim.AdamW(self._score_groups(score_named), lr=self.train_cfg.lr_score,
-                                                 weight_decay=self.train_cfg.weight_decay_score, foreach=True) \
+        self.disc_optimizer = fastest_optimizer(torch.optim.Adam, self.disc_parameters, lr=self.lr_disc,
+                                                betas=betas) if self.disc_parameters else None
+        self.score_optimizer = fastest_optimizer(torch.optim.AdamW, self._score_groups(score_named),
+                                                 lr=self.train_cfg.lr_score,
+                                                 weight_decay=self.train_cfg.weight_decay_score) \
             if self.score_parameters else None
         self.ema = EMA(score_named, self.train_cfg.ema_decay)
         world, self.micro_batches = self.context.world_size, self.train_cfg.get("accumulate", 1)

