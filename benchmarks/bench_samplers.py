@@ -5,7 +5,7 @@
 The model is a small time-conditional conv net on (B, 4, 8, 8) latents. For each sampler the script prints
 NFE, wall time and the overhead ratio wall / (NFE × t_call), with t_call the median time of one bare eps_fn
 call on the same batch (after a warm-up), measured right before each run; the ratio is the median over the
-runs. 1.0 is the floor; the target is ≤ 1.10. On a shared machine other processes' load blurs that ratio, so
+runs. 1.0 is the floor; the target is ≤ 1.05. On a shared machine other processes' load blurs that ratio, so
 two more views follow: the wall time over the network's own wall time summed over its calls inside the same
 run, and the solver's own CPU time per call, measured with a model that costs nothing (eps = x), with the
 ratio it predicts for t_call (in CPU time). A second table shows what one Brownian-motion query costs per
