@@ -4,6 +4,8 @@
   one line naming the key, before data or models are touched.
 - `UpdateGuard`: an optimizer step whose relative size ‖θ_new − θ_old‖ / ‖θ_old‖ exceeds `max_update_ratio` is
   undone (the weights, not the optimizer's moments); a finite but exploding learning rate shows up exactly so.
+  Where the optimizer's own bound (`update_bound`) proves the step cannot exceed the limit, the guard spends one
+  norm of the weights instead of a copy of them and two norms after the step.
 - the trainer's loss-spike check: a finite loss above `max_loss_ratio` times the running mean of its kept steps is
   skipped like a non-finite one.
 - `weights_healthy`: every weight finite and no larger in magnitude than `max_weight`; a checkpoint is only
@@ -51,19 +53,86 @@ def check_train_config(train) -> None:
         raise ValueError(f"train.max_skipped_steps must be a positive integer, got {skipped!r}")
 
 
-class UpdateGuard:
-    """Takes a copy of some parameters before an optimizer step and undoes the step if it moved them by more than
-    `max_update_ratio` of their norm (None: no limit, no copy)."""
+def _host_step(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> int | None:
+    """The step count t the optimizer's next step on `parameter` takes (1 before its first), or None where the count
+    lives on a device (fused or capturable on CUDA), since reading it would wait for the device."""
+    step = optimizer.state.get(parameter, {}).get("step", 0)
+    if torch.is_tensor(step):
+        if step.device.type != "cpu":
+            return None
+        step = step.item()
+    return int(step) + 1
 
-    def __init__(self, parameters: list[torch.Tensor], max_update_ratio: float | None):
-        self.parameters, self.max_update_ratio = parameters, max_update_ratio
+
+def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
+    """(a, c) with ‖θ_new − θ_old‖ ≤ a + c‖θ_old‖ for the optimizer's next step, whatever the gradients, from its
+    hyperparameters and step count t alone; None for an optimizer without a known bound. Per weight:
+
+        Adamax       |Δθ| = lr/(1 − β1^t) · |m_t|/u_t ≤ lr/(1 − β1^t) · (1 − β1)/(1 − β1/β2)           (β1 < β2)
+
+    since u_t ≥ β2^k(|g_{t−k}| + eps) for every past gradient of m_t = (1 − β1) Σ_k β1^k g_{t−k};
+
+        Adam(W)      |Δθ| ≤ lr · |m̂_t|/√v̂_t (+ lr λ|θ|: AdamW's decoupled decay)
+                          ≤ lr · (1 − β1)/(1 − β1^t) · √((1 − β2^t)/((1 − β2)(1 − β1²/β2)))           (β1² < β2)
+
+    by Cauchy–Schwarz of m_t against v_t = (1 − β2) Σ_k β2^k g²_{t−k} (AMSGrad's larger v only lowers it; eps too).
+    With n_g weights in group g, a = √(Σ_g n_g |Δθ|²_g) and c = max_g lr_g λ_g (decoupled decay; 0 else). Assumes the
+    moments were built with the current betas, as they are within a run.
+    """
+    kinds = (torch.optim.Adamax, torch.optim.Adam, torch.optim.AdamW)
+    if type(optimizer) not in kinds:
+        return None
+    squared, decay = 0.0, 0.0
+    for group in optimizer.param_groups:
+        params = group["params"]
+        if not params:
+            continue
+        step = _host_step(optimizer, params[0])
+        if step is None:
+            return None
+        lr, (beta1, beta2) = float(group["lr"]), group["betas"]
+        if isinstance(optimizer, torch.optim.Adamax):
+            if not beta1 < beta2:
+                return None
+            per_weight = lr / (1 - beta1**step) * (1 - beta1) / (1 - beta1 / beta2)
+        else:
+            if not beta1**2 < beta2:
+                return None
+            per_weight = lr * (1 - beta1) / (1 - beta1**step) * math.sqrt(
+                (1 - beta2**step) / ((1 - beta2) * (1 - beta1**2 / beta2)))
+            if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
+                decay = max(decay, lr * group["weight_decay"])
+        squared += sum(p.numel() for p in params) * per_weight**2
+    return math.sqrt(squared), decay
+
+
+class UpdateGuard:
+    """Undoes an optimizer step that moved some parameters by more than `max_update_ratio` of their norm (None: no
+    limit). Before the step it takes a copy of them, unless the optimizer's `update_bound` at their current norm
+    already proves the step within the limit (`certified`: then the step is kept unchecked)."""
+
+    def __init__(self, parameters: list[torch.Tensor], max_update_ratio: float | None,
+                 optimizer: torch.optim.Optimizer | None = None):
+        self.parameters, self.max_update_ratio, self.optimizer = parameters, max_update_ratio, optimizer
         self.before: list[torch.Tensor] | None = None
+        self.certified = False
 
     @torch.no_grad()
     def __enter__(self) -> UpdateGuard:
-        if self.max_update_ratio is not None:
+        if self.max_update_ratio is None:
+            return self
+        bound = update_bound(self.optimizer) if self.optimizer is not None else None
+        if bound is not None:
+            size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                [p.detach() for p in self.parameters]))))
+            self.certified = bound[0] + bound[1] * size <= self.max_update_ratio * size
+        if not self.certified:
             self.before = [p.detach().clone() for p in self.parameters]
         return self
+
+    def exceeded(self) -> bool:
+        """Whether the step moved the parameters by more than the limit (False without one, or when certified)."""
+        return self.before is not None and bool(self.ratio() > self.max_update_ratio)
 
     @torch.no_grad()
     def ratio(self) -> torch.Tensor:
@@ -80,7 +149,7 @@ class UpdateGuard:
         torch._foreach_copy_(self.parameters, self.before)
 
     def __exit__(self, *exception) -> None:
-        self.before = None
+        self.before, self.certified = None, False
 
 
 @torch.no_grad()

@@ -375,9 +375,9 @@ class Trainer:
     def _guarded_step(self, parameters: list, optimizer) -> bool:
         """optimizer.step(), undone when it moved the parameters by more than `train.max_update_ratio` of their norm
         (`lsgm.guard.UpdateGuard`); whether the step was kept."""
-        with UpdateGuard(parameters, self.train_cfg.get("max_update_ratio")) as guard:
+        with UpdateGuard(parameters, self.train_cfg.get("max_update_ratio"), optimizer) as guard:
             optimizer.step()
-            if guard.max_update_ratio is not None and bool(guard.ratio() > guard.max_update_ratio):
+            if guard.exceeded():
                 guard.undo()
                 return False
         return True
