@@ -19,6 +19,7 @@ mask), each method fills the unknown pixels and is scored by the RMSE on the unk
                   guidance=ζ)`, diffusion posterior sampling through the score network and the decoder; no
                   consistency step), with `--guided-jump-n-sample` resampling: the known pixels reach every latent,
                   also those no known latent cell carries (every_second)
+    latent, guided+step   the same guided draw, then the consistency step (both options together)
     pixel         RePaint on the pixels of a pixel-space checkpoint (--pixel, e.g. experiment=digits_ddpm or
                   digits_pixel); left out without --pixel
     ..., mean of draws   the mean of `--samples` RePaint draws per image (`inpaint(..., samples=S)`, latent
@@ -37,7 +38,8 @@ How to read it: lower is better; the mean fill is the floor a model has to beat 
 completion carries no more information about the missing pixels than the average digit). "latent < fill",
 "latent+step < fill", "latent mean < fill" and "latent guided < fill" say whether latent RePaint beats the mean
 fill: one draw without and with the consistency step, the mean of draws without it, and one guided draw,
-"latent+step ≤ pixel" whether the latent model inpaints at least as well as the pixel model; the flags compare
+"latent+step ≤ pixel" and "latent guided+step ≤ pixel" whether the latent model inpaints at least as well as the
+pixel model; the flags compare
 the means, so read a close call against the ± first. The summary line counts the masks where each flag holds.
 The wall columns of the CSV are seconds per mask and seed on `--threads` CPU threads.
 
@@ -68,15 +70,17 @@ if str(BENCHMARKS) not in sys.path:  # also when loaded by file path (importlib)
 from nfe_vs_quality import Report, markdown_row, write_csv  # noqa: E402
 
 PROGRAM = "inpainting"
-METHODS = ("mean_fill", "latent", "latent_step", "latent_mean", "latent_guided", "pixel", "pixel_mean")
-METHOD_HEADERS = ("mean fill", "latent", "latent+step", "latent, mean of draws", "latent, guided", "pixel",
-                  "pixel, mean of draws")
+METHODS = ("mean_fill", "latent", "latent_step", "latent_mean", "latent_guided", "latent_guided_step", "pixel",
+           "pixel_mean")
+METHOD_HEADERS = ("mean fill", "latent", "latent+step", "latent, mean of draws", "latent, guided",
+                  "latent, guided+step", "pixel", "pixel, mean of draws")
 # flag: (method, compared with, header, strictly less)
 FLAGS = {"latent_beats_fill": ("latent", "mean_fill", "latent < fill", True),
          "latent_step_beats_fill": ("latent_step", "mean_fill", "latent+step < fill", True),
          "latent_mean_beats_fill": ("latent_mean", "mean_fill", "latent mean < fill", True),
          "latent_guided_beats_fill": ("latent_guided", "mean_fill", "latent guided < fill", True),
-         "latent_step_at_most_pixel": ("latent_step", "pixel", "latent+step ≤ pixel", False)}
+         "latent_step_at_most_pixel": ("latent_step", "pixel", "latent+step ≤ pixel", False),
+         "latent_guided_step_at_most_pixel": ("latent_guided_step", "pixel", "latent guided+step ≤ pixel", False)}
 COLUMNS = ("mask", "unknown_fraction",
            *(f"{method}_{what}" for method in METHODS for what in ("rmse", "rmse_std", "wall_s")),
            *FLAGS, "seeds", "num_images")
@@ -168,8 +172,10 @@ def complete_all(models: dict, images: torch.Tensor, mask: torch.Tensor, train_m
         runs["latent_mean"] = lambda: inpaint(models["latent"], images, mask, consistency_steps=0,
                                               samples=arguments.samples, **latent)
     if arguments.guidance > 0:
-        runs["latent_guided"] = lambda: inpaint(models["latent"], images, mask, guidance=arguments.guidance,
-                                                **(latent | {"jump_n_sample": arguments.guided_jump_n_sample}))
+        guided = {**latent, "jump_n_sample": arguments.guided_jump_n_sample, "guidance": arguments.guidance}
+        runs["latent_guided"] = lambda: inpaint(models["latent"], images, mask, **guided)
+        runs["latent_guided_step"] = lambda: inpaint(models["latent"], images, mask,
+                                                     consistency_steps=arguments.consistency_steps, **guided)
     if models["pixel"] is not None:
         runs["pixel"] = lambda: inpaint(models["pixel"], images, mask, **repaint)
         if arguments.samples > 1:

@@ -437,8 +437,8 @@ def test_inpainting_benchmark_scores_every_method_on_the_same_masks(checkpoint, 
     fill = mask * images + (1 - mask) * apps_cli.dataset_images(model, "train").mean(0, keepdim=True)
     assert rows[1]["mean_fill_rmse"] == pytest.approx(unknown_rmse(fill, images, mask), abs=1e-6)
     for row in rows:
-        for method in ("latent", "latent_step", "latent_mean", "latent_guided"):
+        for method in ("latent", "latent_step", "latent_mean", "latent_guided", "latent_guided_step"):
             assert 0 < row[f"{method}_rmse"] < 2, (method, row)
         assert row["latent_guided_beats_fill"] == (row["latent_guided_rmse"] < row["mean_fill_rmse"])
-        assert row["pixel_rmse"] is None
+        assert row["pixel_rmse"] is None and row["latent_guided_step_at_most_pixel"] is None
     assert (tmp_path / "inpainting.csv").is_file() and "latent, guided" in (tmp_path / "inpainting.md").read_text()
