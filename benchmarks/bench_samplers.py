@@ -87,6 +87,7 @@ def sampler_runs(vp: sde.VPSDE, x_T: torch.Tensor):
 
     return {
         "ode dopri5 (tol 1e-5)": lambda e: sampling.sample(e, vp, x_T, "ode"),
+        "ode rk45 (tol 1e-5)": lambda e: sampling.sample(e, vp, x_T, "ode", method="rk45"),
         "ode rk4 (50 steps)": lambda e: sampling.sample(e, vp, x_T, "ode", method="rk4", steps=50),
         "sde euler (1000 steps)": lambda e: sampling.sample(e, vp, x_T, "sde", steps=1000, generator=generator),
         "sde milstein (500 steps)": lambda e: sampling.sample(e, vp, x_T, "sde", method="milstein", steps=500,

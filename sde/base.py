@@ -53,7 +53,7 @@ class Coefficients(NamedTuple):
     """The SDE at one time t, float64: m_t, σ_t, f(t), g²(t); and the maps from a noise prediction ε.
 
     The fields are 0-d (or per-sample, then `expand_like` them first) tensors, or Python floats (a solver's
-    precomputed table, `sampling.GridCoefficients`); the maps broadcast over x.
+    precomputed table, `solvers.GridCoefficients`); the maps broadcast over x.
     """
 
     mean_coeff: torch.Tensor

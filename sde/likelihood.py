@@ -21,7 +21,7 @@ import math
 import torch
 
 from .base import SDE
-from .solvers import CountedModel, ProbabilityFlow, batch_time, check_choice, ode_grid, solve_ode
+from .solvers import CountedModel, FlowField, ProbabilityFlow, batch_time, check_choice, ode_grid, solve_ode
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
@@ -67,15 +67,16 @@ def _exact(x: torch.Tensor):
     return divergence
 
 
-class _AugmentedFlow:
+class _AugmentedFlow(FlowField):
     """d/dt [x, ℓ] = [f̃(x, t), ∇·f̃(x, t)] with f̃ = f x + ½g² ε/σ and ∇·f̃ = D f + ½g² ∇·ε/σ."""
 
     def __init__(self, model: CountedModel, sde: SDE, divergence):
-        self.model, self.sde, self.divergence = model, sde, divergence
+        super().__init__(sde)
+        self.model, self.divergence = model, divergence
 
-    def __call__(self, t: torch.Tensor, state):
+    def __call__(self, t: torch.Tensor | float, state):
         x, _ = state
-        coefficients = self.sde.coefficients(t)
+        coefficients = self.coefficients(t)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             eps = self.model(x, batch_time(t, x))

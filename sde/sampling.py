@@ -37,6 +37,8 @@ from .grids import check_grid, edm_grid, uniform_grid
 from .solvers import (  # noqa: F401  (BrownianIncrements, NonFiniteError: callers import them from here)
     BrownianIncrements,
     CountedModel,
+    GridCoefficients,
+    coefficients_at,
     NonFiniteError,
     ProbabilityFlow,
     batch_time,
@@ -51,13 +53,9 @@ from .solvers import (  # noqa: F401  (BrownianIncrements, NonFiniteError: calle
 PREDICTORS = ("reverse_diffusion", "euler_maruyama")
 
 
-def _coefficients_at(sde: SDE, t: float):
-    return sde.coefficients(torch.tensor(t, dtype=torch.float64))
-
-
 def _denoise(model: CountedModel, sde: SDE, x: torch.Tensor, t: float) -> torch.Tensor:
     """One-step denoising at the final time t: Tweedie's x̂_0 = (x − σ_t ε)/m_t of ε(x, t) (one more call)."""
-    return _coefficients_at(sde, t).x0_from_eps(x, model(x, batch_time(t, x)))
+    return coefficients_at(sde, t).x0_from_eps(x, model(x, batch_time(t, x)))
 
 
 # --- probability-flow ODE (torchdiffeq) ---------------------------------------------------------------------
@@ -82,25 +80,6 @@ def sample_ode(eps_fn, sde: SDE, x_T: torch.Tensor, times: torch.Tensor, method:
 
 
 # --- reverse-time SDE (torchsde) ----------------------------------------------------------------------------
-class GridCoefficients:
-    """An SDE's `Coefficients` as Python floats at a solver's times t (floats): those in `times` are computed in
-    one float64 call before the loop, so that a step costs a lookup where `sde.coefficients` at one t costs ~20
-    small tensor operations (~80 µs on a CPU core, as much as the rest of an SDE step); any other t is computed
-    when asked, kept, and counted in `misses`."""
-
-    def __init__(self, sde: SDE, times: list[float]):
-        self.sde, self.misses = sde, 0
-        columns = sde.coefficients(torch.tensor(times, dtype=torch.float64))
-        self.table = dict(zip(times, zip(*(column.tolist() for column in columns))))
-
-    def __call__(self, t: float) -> Coefficients:
-        row = self.table.get(t)
-        if row is None:
-            self.misses += 1
-            row = self.table[t] = tuple(float(value) for value in _coefficients_at(self.sde, t))
-        return Coefficients(*row)
-
-
 class ReverseDrift:
     """The reverse-time SDE's drift f(t)x − g²(t)∇log p_t(x) = f(t)x + g²(t)ε(x, t)/σ_t, for `solve_sde`, with
     the coefficients from `coefficients_at(t)` (`GridCoefficients`)."""

@@ -1,5 +1,6 @@
-"""Solver plumbing shared by the samplers and the likelihood: the counted model, ODE solving through torchdiffeq,
-SDE solving through torchsde on a time grid, and the Brownian increments that drive it.
+"""Solver plumbing shared by the samplers and the likelihood: the counted model, ODE solving through torchdiffeq
+(or our own Dormand–Prince, `rk45`), SDE solving through torchsde on a time grid, and the Brownian increments that
+drive it.
 
 The solvers know no diffusion: an ODE is a function func(t, state), an SDE a drift(t, x) and a diffusion g(t)
 (additive noise). `ProbabilityFlow`, the one vector field that both sampling and the likelihood integrate, is
@@ -15,9 +16,11 @@ import torch
 import torchdiffeq
 import torchsde
 
+from . import dormand_prince
+from .base import Coefficients
 from .grids import uniform_grid
 
-ADAPTIVE_ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ADAPTIVE_ODE_METHODS = ("rk45", "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_ODE_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 SDE_METHODS = ("euler", "milstein", "srk")
 
@@ -89,18 +92,60 @@ def standard_normal(x: torch.Tensor, generator: torch.Generator | None) -> torch
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
-class ProbabilityFlow:
+def coefficients_at(sde, t: float):
+    """sde.coefficients at one float t (0-d float64 tensors)."""
+    return sde.coefficients(torch.tensor(t, dtype=torch.float64))
+
+
+class GridCoefficients:
+    """An SDE's `Coefficients` as Python floats at a solver's times t (floats): those in `times` are computed in
+    one float64 call before the loop, so that a step costs a lookup where `sde.coefficients` at one t costs ~20
+    small tensor operations (~80 µs on a CPU core, as much as the rest of an SDE step); any other t is computed
+    when asked, kept, and counted in `misses`."""
+
+    def __init__(self, sde, times: list[float]):
+        self.sde, self.misses = sde, 0
+        columns = sde.coefficients(torch.tensor(times, dtype=torch.float64))
+        self.table = dict(zip(times, zip(*(column.tolist() for column in columns))))
+
+    def __call__(self, t: float) -> Coefficients:
+        row = self.table.get(t)
+        if row is None:
+            self.misses += 1
+            row = self.table[t] = tuple(float(value) for value in coefficients_at(self.sde, t))
+        return Coefficients(*row)
+
+
+class FlowField:
+    """The base of the vector fields `solve_ode` integrates: an SDE's coefficients at the solver's t. torchdiffeq
+    passes t as a tensor (on the state's device): they are computed from it. rk45 passes a float, and before each
+    step calls `prefetch` with that step's stage times: the coefficients there come from one float64 call
+    (`GridCoefficients`), where one t costs ~20 small tensor operations."""
+
+    def __init__(self, sde):
+        self.sde = sde
+        self.table = GridCoefficients(sde, [])
+
+    def prefetch(self, times: list[float]) -> None:
+        self.table = GridCoefficients(self.sde, times)
+
+    def coefficients(self, t: torch.Tensor | float):
+        return self.sde.coefficients(t) if torch.is_tensor(t) else self.table(t)
+
+
+class ProbabilityFlow(FlowField):
     """The probability-flow ODE dx/dt = f(t)x + ½g²(t) ε(x, t)/σ_t of an `SDE` (`Coefficients.flow_drift`),
-    as torchdiffeq's func(t, x) with the model counted."""
+    as a solver's func(t, x) with the model counted."""
 
     def __init__(self, model: CountedModel, sde):
-        self.model, self.sde = model, sde
+        super().__init__(sde)
+        self.model = model
 
-    def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.sde.coefficients(t).flow_drift(x, self.model(x, batch_time(t, x)))
+    def __call__(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        return self.coefficients(t).flow_drift(x, self.model(x, batch_time(t, x)))
 
 
-# --- ODEs (torchdiffeq) -----------------------------------------------------------------------------------------
+# --- ODEs (torchdiffeq, and rk45) -----------------------------------------------------------------------------------------
 def ode_grid(method: str, steps: int | None, t_eps: float, T: float = 1.0) -> torch.Tensor:
     """The grid an ODE method takes from T to t_eps: the two ends for an adaptive method (steps None), `steps`
     equal steps (`uniform_grid`) for a fixed-step one."""
@@ -116,7 +161,9 @@ def ode_grid(method: str, steps: int | None, t_eps: float, T: float = 1.0) -> to
 
 def solve_ode(func, state, times: torch.Tensor, model: CountedModel, method: str = "dopri5", rtol: float = 1e-5,
               atol: float = 1e-5, callback=None):
-    """The state at times[-1] of dy/dt = func(t, y) from y(times[0]) = state, through `torchdiffeq.odeint`.
+    """The state at times[-1] of dy/dt = func(t, y) from y(times[0]) = state, through `torchdiffeq.odeint`, or,
+    for `rk45`, `dormand_prince.integrate` (scipy's RK45 rules; a tuple state is packed into one vector, and its
+    error norm is then the RMS over all of its elements, as scipy's on a concatenated state).
 
     `times` is a monotone float64 grid (either direction). A fixed-step method steps through every point of it;
     an adaptive one (rtol, atol) takes its own steps between the two ends it must then be (`ode_grid`). The model
@@ -130,10 +177,27 @@ def solve_ode(func, state, times: torch.Tensor, model: CountedModel, method: str
     for name, tolerance in (("rtol", rtol), ("atol", atol)):
         if adaptive and not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"{name} must be a positive number, got {tolerance!r}")
+    if adaptive and len(times) != 2:
+        raise ValueError(f"the adaptive method {method} takes a grid of its two ends only, got {len(times)} times")
+    solve = _solve_rk45 if method == "rk45" else _solve_torchdiffeq
+    try:
+        return solve(func, state, times, method, rtol, atol, callback)
+    except Exception:
+        model.check()  # a non-finite model output explains the failure: raise that instead
+        raise
+
+
+def _step_counter(callback):
+    """callback({"i", "t", "x"}) with i counting the calls."""
+    counter = itertools.count()
+    return lambda t, x: callback({"i": next(counter), "t": float(t), "x": x})
+
+
+def _solve_torchdiffeq(func, state, times: torch.Tensor, method: str, rtol: float, atol: float, callback):
+    """`solve_ode` by `torchdiffeq.odeint` (its docstring: step_t, the clamp, the grid constructor)."""
     t_start, t_end = float(times[0]), float(times[-1])
+    adaptive = method in ADAPTIVE_ODE_METHODS
     if adaptive:
-        if len(times) != 2:
-            raise ValueError(f"the adaptive method {method} takes a grid of its two ends only, got {len(times)} times")
         options = {"step_t": torch.tensor([t_end], dtype=torch.float64)}
     else:
         options = {"grid_constructor": lambda f, y, t: times.to(t)}
@@ -143,17 +207,37 @@ def solve_ode(func, state, times: torch.Tensor, model: CountedModel, method: str
         return func(t.clamp(low, high), y)
 
     if callback is not None:
-        counter = itertools.count()
-        hook = "callback_accept_step" if adaptive else "callback_step"
-        setattr(clamped, hook, lambda t, y, dt: callback({"i": next(counter), "t": float(t), "x": y}))
+        step = _step_counter(callback)
+        setattr(clamped, "callback_accept_step" if adaptive else "callback_step", lambda t, y, dt: step(t, y))
     device = (state[0] if isinstance(state, tuple) else state).device
     ends = torch.tensor([t_start, t_end], dtype=torch.float64, device=device)
-    try:
-        solution = torchdiffeq.odeint(clamped, state, ends, rtol=rtol, atol=atol, method=method, options=options)
-    except Exception:
-        model.check()  # a non-finite model output explains the failure: raise that instead
-        raise
+    solution = torchdiffeq.odeint(clamped, state, ends, rtol=rtol, atol=atol, method=method, options=options)
     return tuple(s[-1] for s in solution) if isinstance(solution, tuple) else solution[-1]
+
+
+def _solve_rk45(func, state, times: torch.Tensor, method: str, rtol: float, atol: float, callback):
+    """`solve_ode` by `dormand_prince.integrate`: the state (a tensor or a tuple of them, one dtype) packed into one
+    flat vector, func called with t as a float on the unpacked views, and told each step's times first if it has
+    `prefetch` (a `FlowField`)."""
+    parts = state if isinstance(state, tuple) else (state,)
+    if len({part.dtype for part in parts}) != 1:
+        raise ValueError(f"rk45 takes a state of one dtype, got {[part.dtype for part in parts]}")
+    shapes, sizes = [part.shape for part in parts], [part.numel() for part in parts]
+
+    def unpack(flat: torch.Tensor):
+        if not isinstance(state, tuple):
+            return flat.view(shapes[0])
+        return tuple(piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes))
+
+    def flat_func(t: float, y: torch.Tensor) -> torch.Tensor:
+        out = func(t, unpack(y))
+        return torch.cat([piece.reshape(-1) for piece in out]) if isinstance(state, tuple) else out.reshape(-1)
+
+    step = None if callback is None else _step_counter(callback)
+    on_step = None if step is None else (lambda t, y: step(t, unpack(y)))
+    flat = torch.cat([part.reshape(-1) for part in parts]) if isinstance(state, tuple) else state.reshape(-1)
+    return unpack(dormand_prince.integrate(flat_func, flat, float(times[0]), float(times[-1]), rtol, atol, on_step,
+                                                  getattr(func, "prefetch", None)))
 
 
 # --- SDEs (torchsde) ---------------------------------------------------------------------------------------------

@@ -85,12 +85,22 @@ def test_dpm2m_is_diffusers_multistep_dpm_solver_pp(peers, data):
     assert float((x_ours - x_theirs).abs().max()) <= OPS * 10 * U32 * float(x_T().abs().max())
 
 
+def test_rk45_is_scipy_rk45_step_for_step(peers, data):
+    """rk45 runs scipy's RK45 rules: on a float64 state, the same network calls and the same output to the
+    rounding of N steps (here scipy's numpy float64 state against ours)."""
+    start = x_T()
+    ours, theirs = peers.ode_pair(VP, start, "rk45", t_end=1e-3, rtol=1e-6, atol=1e-6)
+    (x_ours, nfe_ours), (x_theirs, nfe_theirs) = ours(data.eps_fn(VP)), theirs(data.eps_fn(VP))
+    assert nfe_ours == nfe_theirs
+    assert float((x_ours - x_theirs).abs().max()) <= OPS * nfe_ours * U64 * float(start.abs().max())
+
+
 def test_ode_and_scipy_rk45_both_solve_the_flow_to_their_tolerance(peers, data):
     """dopri5 and RK45 are one Runge–Kutta pair with different error estimates (benchmarks/peers.py's note), so their
     steps differ: each must land within a few tolerances of the exact flow, and so near each other."""
     t_end, tolerance = 1e-3, 1e-6
     start = x_T()
-    ours, theirs = peers.ode_pair(VP, start, t_end=t_end, rtol=tolerance, atol=tolerance)
+    ours, theirs = peers.ode_pair(VP, start, "dopri5", t_end=t_end, rtol=tolerance, atol=tolerance)
     (x_ours, nfe_ours), (x_theirs, nfe_theirs) = ours(data.eps_fn(VP)), theirs(data.eps_fn(VP))
     exact = exact_flow(data, start, t_end)
     scale = 1 + float(exact.abs().max())

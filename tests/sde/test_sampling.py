@@ -130,10 +130,12 @@ def rotated_gaussian(dim=4, seed=0):
     return gaussian(torch.randn(dim, generator=gen, dtype=torch.float64), a @ a.T / dim + 0.1 * torch.eye(dim))
 
 
-def test_ode_sampler_follows_the_exact_flow_map():
+@pytest.mark.parametrize("method", ["dopri5", "rk45"])
+def test_ode_sampler_follows_the_exact_flow_map(method):
     data = rotated_gaussian()
     x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(1, 1e-5), rtol=1e-7, atol=1e-7)
+    x, nfe = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(1, 1e-5), method=method, rtol=1e-7,
+                                 atol=1e-7)
     assert (x - exact_flow(data, x_T, 1.0, 1e-5)).abs().max() < 1e-4
     x_rk4, nfe_rk4 = sampling.sample_ode(data.eps_fn(VP), VP, x_T, uniform_grid(200, 1e-5), method="rk4")
     assert nfe_rk4 == 800 and (x_rk4 - x).abs().max() < 1e-3
@@ -353,8 +355,8 @@ def test_unknown_names_raise_value_errors_listing_the_valid_ones():
     with pytest.raises(ValueError, match="valid: ode, sde, ddpm, ddim, heun, dpm2m, pc"):
         sampling.sample(eps_fn, VP, x_T, sampler="langevin")
     grid = uniform_grid(10, 1e-3)
-    with pytest.raises(ValueError, match="dopri5.*rk4"):
-        sampling.sample_ode(eps_fn, VP, x_T, grid, method="rk45")
+    with pytest.raises(ValueError, match="rk45, dopri5.*rk4"):
+        sampling.sample_ode(eps_fn, VP, x_T, grid, method="RK45")
     with pytest.raises(ValueError, match="euler, milstein, srk"):
         sampling.sample_sde(eps_fn, VP, x_T, grid, method="heun")
     with pytest.raises(ValueError, match="reverse_diffusion, euler_maruyama"):
@@ -379,7 +381,8 @@ def nan_below_half(eps_fn):
     return broken
 
 
-@pytest.mark.parametrize("name, options", [("ode", {}), ("ode", {"method": "rk4", "steps": 20}), ("sde", {"steps": 50}),
+@pytest.mark.parametrize("name, options", [("ode", {}), ("ode", {"method": "rk45"}), ("ode", {"method": "rk4", "steps": 20}),
+                                           ("sde", {"steps": 50}),
                                            ("sde", {"steps": 50, "method": "srk"}), ("heun", {}), ("dpm2m", {}),
                                            ("pc", {"steps": 50}), ("ddpm", {}), ("ddim", {"steps": 20})])
 def test_non_finite_model_output_names_the_time(name, options):
