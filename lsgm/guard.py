@@ -4,8 +4,9 @@
   one line naming the key, before data or models are touched.
 - `UpdateGuard`: an optimizer step whose relative size ‖θ_new − θ_old‖ / ‖θ_old‖ exceeds `max_update_ratio` is
   undone (the weights, not the optimizer's moments); a finite but exploding learning rate shows up exactly so.
-  Where the optimizer's own bound (`update_bound`) proves the step cannot exceed the limit, the guard spends one
-  norm of the weights instead of a copy of them and two norms after the step.
+  Where the optimizer's own bound (`update_bound`) proves the step cannot exceed the limit, the guard spends at most
+  one norm of the weights (most steps none: it carries a lower bound of it) instead of a copy of them and two norms
+  after the step.
 - the trainer's loss-spike check: a finite loss above `max_loss_ratio` times the running mean of its kept steps is
   skipped like a non-finite one.
 - `weights_healthy`: every weight finite and no larger in magnitude than `max_weight`; a checkpoint is only
@@ -107,15 +108,28 @@ def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None
 
 
 class UpdateGuard:
-    """Undoes an optimizer step that moved some parameters by more than `max_update_ratio` of their norm (None: no
-    limit). Before the step it takes a copy of them, unless the optimizer's `update_bound` at their current norm
-    already proves the step within the limit (`certified`: then the step is kept unchecked)."""
+    """Undoes an optimizer step that moved some parameters by more than `max_update_ratio` = r of their norm (None: no
+    limit). Before the step it takes a copy of them, unless the optimizer's `update_bound` (a, c) proves the step
+    within the limit (`certified`: then the step is kept unchecked): a + c‖θ‖ ≤ r‖θ‖, i.e. a ≤ (r − c)‖θ‖.
+
+    One guard serves a run's steps of one optimizer. ‖θ‖ is measured when needed and then carried as a lower bound
+    L: after a certified step ‖θ_new‖ ≥ ‖θ‖ − (a + c‖θ‖) ≥ (1 − c)L − a (c ≤ 1), valid while nothing else has
+    written the weights, which their version counters tell (every in-place write bumps one: a checkpoint's
+    load, an EMA swap, an undo). A step whose a ≤ (r − c)L needs no norm at all; with the default limit the norm
+    is taken every ~15–30 steps of the VAE's Adamax instead of every step.
+    """
 
     def __init__(self, parameters: list[torch.Tensor], max_update_ratio: float | None,
                  optimizer: torch.optim.Optimizer | None = None):
         self.parameters, self.max_update_ratio, self.optimizer = parameters, max_update_ratio, optimizer
         self.before: list[torch.Tensor] | None = None
         self.certified = False
+        self.floor: float | None = None  # a lower bound on ‖θ‖ while the weights' versions are `versions`
+        self.versions: list[int] | None = None
+        self.norms_taken = 0
+
+    def _versions(self) -> list[int]:
+        return [p._version for p in self.parameters]
 
     @torch.no_grad()
     def __enter__(self) -> UpdateGuard:
@@ -123,9 +137,14 @@ class UpdateGuard:
             return self
         bound = update_bound(self.optimizer) if self.optimizer is not None else None
         if bound is not None:
-            size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
-                [p.detach() for p in self.parameters]))))
-            self.certified = bound[0] + bound[1] * size <= self.max_update_ratio * size
+            a, c = bound
+            margin = self.max_update_ratio - c
+            if self.floor is None or a > margin * self.floor or self._versions() != self.versions:
+                self.floor = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                    [p.detach() for p in self.parameters]))))
+                self.norms_taken += 1
+            self.certified = a <= margin * self.floor
+            self.floor = (1 - c) * self.floor - a if self.certified and c <= 1 else None
         if not self.certified:
             self.before = [p.detach().clone() for p in self.parameters]
         return self
@@ -149,6 +168,9 @@ class UpdateGuard:
         torch._foreach_copy_(self.parameters, self.before)
 
     def __exit__(self, *exception) -> None:
+        self.versions = self._versions() if self.certified and exception[0] is None else None
+        if self.versions is None:
+            self.floor = None
         self.before, self.certified = None, False
 
 

@@ -142,6 +142,12 @@ class Trainer:
                                                  lr=self.train_cfg.lr_score,
                                                  weight_decay=self.train_cfg.weight_decay_score) \
             if self.score_parameters else None
+        # one guard a run per optimizer: it carries a bound of the weights' norm from step to step
+        self.guards = {optimizer: UpdateGuard(parameters, self.train_cfg.get("max_update_ratio"), optimizer)
+                       for parameters, optimizer in ((self.vae_parameters, self.vae_optimizer),
+                                                     (self.disc_parameters, self.disc_optimizer),
+                                                     (self.score_parameters, self.score_optimizer))
+                       if optimizer is not None}
         self.ema = EMA(score_named, self.train_cfg.ema_decay)
         world, self.micro_batches = self.context.world_size, self.train_cfg.get("accumulate", 1)
         if self.train_cfg.batch_size % (world * self.micro_batches):
@@ -372,10 +378,10 @@ class Trainer:
         ratio, scale = self.train_cfg.get("max_loss_ratio"), self.progress.loss_scale.get(name)
         return ratio is not None and bool(scale) and math.isfinite(value) and value > ratio * abs(scale)
 
-    def _guarded_step(self, parameters: list, optimizer) -> bool:
+    def _guarded_step(self, optimizer) -> bool:
         """optimizer.step(), undone when it moved the parameters by more than `train.max_update_ratio` of their norm
         (`lsgm.guard.UpdateGuard`); whether the step was kept."""
-        with UpdateGuard(parameters, self.train_cfg.get("max_update_ratio"), optimizer) as guard:
+        with self.guards[optimizer] as guard:
             optimizer.step()
             if guard.exceeded():
                 guard.undo()
@@ -471,8 +477,8 @@ class Trainer:
                          else tracked[name].float()])
             for name, loss, grad, _, _ in parts]), self.context).tolist()
         with record_function("step.update"):  # the checks' host synchronisation, the guarded optimizer steps
-            kept = [finite == 1.0 and not self._loss_spike(name, value) and self._guarded_step(parameters, optimizer)
-                    for (name, _, _, parameters, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
+            kept = [finite == 1.0 and not self._loss_spike(name, value) and self._guarded_step(optimizer)
+                    for (name, _, _, _, optimizer), (finite, value) in zip(parts, checks)]  # each part apart
         for (name, *_), (_, value), ok in zip(parts, checks, kept):
             if ok and math.isfinite(value):
                 scale = self.progress.loss_scale.get(name)

@@ -89,3 +89,37 @@ def test_the_guard_copies_only_what_it_cannot_prove(monkeypatch):
     with UpdateGuard([w], None, optimizer) as guard:
         optimizer.step()
         assert guard.before is None and not guard.exceeded()
+
+
+def test_the_guard_carries_a_lower_bound_of_the_norm_until_the_weights_are_written():
+    """Across steps of one optimizer the guard measures ‖θ‖ only when its carried floor cannot prove a step, the floor
+    stays below the true norm, any other in-place write of the weights makes it measure again, and a step that the
+    floor cannot prove is still checked and undone."""
+    generator = torch.Generator().manual_seed(2)
+    w = torch.nn.Parameter(torch.randn(400, generator=generator, dtype=torch.float64))
+    optimizer = torch.optim.Adamax([w], lr=3e-2)
+    guard = UpdateGuard([w], 0.1, optimizer)
+    certified = 0
+    for step in range(60):
+        w.grad = gradient("constant" if step < 30 else "random", step, w.shape, generator)
+        with guard:
+            optimizer.step()
+            certified += guard.certified
+            assert not guard.exceeded()
+        assert guard.floor is None or guard.floor <= float(w.detach().norm())
+    # ‖θ‖ ≈ 20 and a ≈ 20 · 0.03 · 1.01 = 0.6 once the bias correction has faded: the first steps cannot be proved
+    # (a/(1 − β1^t) > 0.1‖θ‖ until t = 4), then a floor measured at ~20 proves steps until it falls to ~a/r = 6
+    assert 50 <= certified <= 57 and 2 <= guard.norms_taken <= certified / 4
+    taken = guard.norms_taken
+    with torch.no_grad():
+        w.mul_(0.5)  # another writer (a checkpoint's load, an EMA swap): the floor no longer holds
+    with guard:
+        optimizer.step()
+    assert guard.norms_taken == taken + 1 and guard.floor <= float(w.detach().norm())
+    optimizer.param_groups[0]["lr"] = 10.0  # explodes: not provable from the floor nor the norm, checked, undone
+    start = w.detach().clone()
+    with guard:
+        optimizer.step()
+        assert not guard.certified and guard.exceeded()
+        guard.undo()
+    assert torch.equal(w.detach(), start) and guard.floor is None
