@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from nvae.train import InPlaceAdamax
+
 from .objective import SCORE_TARGETS
 
 POSITIVE_KEYS = ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every",
@@ -80,8 +82,8 @@ def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None
     With n_g weights in group g, a = √(Σ_g n_g |Δθ|²_g) and c = max_g lr_g λ_g (decoupled decay; 0 else). Assumes the
     moments were built with the current betas, as they are within a run.
     """
-    kinds = (torch.optim.Adamax, torch.optim.Adam, torch.optim.AdamW)
-    if type(optimizer) not in kinds:
+    kinds = (torch.optim.Adamax, torch.optim.Adam, torch.optim.AdamW, InPlaceAdamax)
+    if type(optimizer) not in kinds:  # a subclass may change the update: only these are known
         return None
     squared, decay = 0.0, 0.0
     for group in optimizer.param_groups:

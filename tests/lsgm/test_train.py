@@ -189,6 +189,29 @@ def test_a_non_finite_score_loss_skips_only_the_score_update(tmp_path, monkeypat
     assert all(torch.equal(a, b) for a, b in zip(score_before, trainer.score_parameters))
 
 
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_the_optimizers_see_gradients_clipped_to_grad_clip(tmp_path, monkeypatch, clip):
+    """Each part's gradients reach its optimizer scaled to norm grad_clip where their norm (the logged grad_norm_*)
+    exceeds it, and untouched where not."""
+    trainer = Trainer(tiny_config("train.stage1_steps=0", f"train.grad_clip={clip}"), tmp_path)
+    seen = {}
+    guarded_step = trainer._guarded_step
+
+    def recording(optimizer):
+        name = "vae" if optimizer is trainer.vae_optimizer else "score"
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen[name] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        return guarded_step(optimizer)
+
+    monkeypatch.setattr(trainer, "_guarded_step", recording)
+    record = trainer.train_step(next(trainer.stream).x)
+    trainer.close()
+    for name in ("vae", "score"):
+        norm = float(record[f"grad_norm_{name}"])
+        assert norm > 1e-2
+        assert seen[name] == pytest.approx(min(norm, clip), rel=1e-4)
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.steps=0", "train.steps must be a positive integer, got 0"),
     ("train.steps=-5", "train.steps must be a positive integer, got -5"),
