@@ -10,9 +10,10 @@ the step accepted when ‖err‖ < 1, and h scaled by min(10, 0.9 ‖err‖^(−
 right after a rejection) or by max(0.2, 0.9 ‖err‖^(−1/5)) after a rejection (Hairer, Nørsett & Wanner, Solving
 ODEs I, II.4; e_j = b_j − b̂_j of the embedded 4th-order pair, as scipy's `RK45.E`). The first step is
 Hairer's heuristic, capped by the interval: h_0 = 0.01 ‖y_0‖/‖f_0‖ (1e-6 when either is below 1e-5), one Euler
-probe y_1 = y_0 + h_0 f_0 giving d_2 = ‖f(t_0 + h_0, y_1) − f_0‖/h_0, and h = min(100 h_0, (0.01/max(‖f_0‖, d_2))^(1/5)),
-norms scaled by atol + rtol|y_0|. These are scipy's `solve_ivp(method="RK45")` rules, which score_sde and LSGM
-sample and evaluate with, so at one tolerance both take the same steps (up to float32 rounding of the state).
+probe y_1 = y_0 + h_0 f_0 giving d_2 = ‖f(t_0 + h_0, y_1) − f_0‖/h_0, and
+h = min(100 h_0, (0.01/max(‖f_0‖, d_2))^(1/5)), norms scaled by atol + rtol|y_0|. These are scipy's
+`solve_ivp(method="RK45")` rules, which score_sde and LSGM sample and evaluate with, so at one tolerance both take
+the same steps (up to float32 rounding of the state).
 
 torchdiffeq's `dopri5` is the same tableau with Shampine's error estimate (2/3 of this one) and its own
 first-step rule. The point of this module is the per-call cost: the stages are rows of one (7, N) tensor, each
@@ -69,9 +70,9 @@ def integrate(func, y0: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
     """y(t1) of dy/dt = func(t, y) from y(t0) = y0, y0 a flat (N,) tensor and func(t: float, y (N,)) -> (N,).
 
     `prefetch(times)` is told the six times t + c_2 h, …, t + h of each step before its calls (a field can
-    compute what depends on t alone in one go); `callback(t, y)` follows each accepted step. Raises FloatingPointError on a non-finite error estimate and
-    RuntimeError when the step falls below ten float64 spacings of t (scipy's "required step size is less than
-    spacing between numbers").
+    compute what depends on t alone in one go); `callback(t, y)` follows each accepted step. Raises
+    FloatingPointError on a non-finite error estimate and RuntimeError when the step falls below ten float64
+    spacings of t (scipy's "required step size is less than spacing between numbers").
     """
     if t0 == t1:
         return y0

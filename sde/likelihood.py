@@ -6,7 +6,7 @@ d log p_t(x_t)/dt = −∇·f̃(x_t, t) (the instantaneous change of variables),
 
     log p(x) = log π(x_1) + ∫_{t_eps}^1 ∇·f̃(x_t, t) dt,   ∇·f̃ = D f(t) + ½g²(t) ∇·ε/σ_t,
 
-integrated with torchdiffeq on the augmented state [x_t, ∫∇·f̃] (Song et al. 2021, App. D). ∇·ε is exact
+integrated with torchdiffeq (or `rk45`) on the augmented state [x_t, ∫∇·f̃] (Song et al. 2021, App. D). ∇·ε is exact
 (one VJP per dimension, batched through vmap: small D only) or Hutchinson's estimate vᵀ(∂ε/∂x)v with a
 probe v fixed for one integration and drawn afresh for each repeat (one VJP per call; the repeats are stacked
 along the batch and integrated together). π is the SDE's prior.

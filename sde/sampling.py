@@ -31,18 +31,18 @@ import math
 
 import torch
 
-from .base import SDE, Coefficients
+from .base import SDE
 from .ddpm import VARIANCES, DDPMSchedule
 from .grids import check_grid, edm_grid, uniform_grid
 from .solvers import (  # noqa: F401  (BrownianIncrements, NonFiniteError: callers import them from here)
     BrownianIncrements,
     CountedModel,
     GridCoefficients,
-    coefficients_at,
     NonFiniteError,
     ProbabilityFlow,
     batch_time,
     check_choice,
+    coefficients_at,
     ode_grid,
     sde_stage_times,
     solve_ode,
@@ -58,7 +58,7 @@ def _denoise(model: CountedModel, sde: SDE, x: torch.Tensor, t: float) -> torch.
     return coefficients_at(sde, t).x0_from_eps(x, model(x, batch_time(t, x)))
 
 
-# --- probability-flow ODE (torchdiffeq) ---------------------------------------------------------------------
+# --- probability-flow ODE (torchdiffeq, rk45) -------------------------------------------------------------------------
 @torch.no_grad()
 def sample_ode(eps_fn, sde: SDE, x_T: torch.Tensor, times: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5,
                atol: float = 1e-5, denoise: bool = False, callback=None, generator=None):
@@ -66,9 +66,9 @@ def sample_ode(eps_fn, sde: SDE, x_T: torch.Tensor, times: torch.Tensor, method:
 
         dx/dt = f(t)x + ½g²(t) ε(x, t)/σ_t,
 
-    with any torchdiffeq method: an adaptive one (rtol/atol) on the grid's two ends (`solvers.ode_grid`), a
-    fixed-step one through every point of `times`. `denoise` ends with Tweedie's x̂_0 = (x − σ ε)/m at
-    times[-1] (one more call). Deterministic: `generator` is unused.
+    with any torchdiffeq method or `rk45` (`sde.dormand_prince`: scipy's RK45, step for step): an adaptive one
+    (rtol/atol) on the grid's two ends (`solvers.ode_grid`), a fixed-step one through every point of `times`.
+    `denoise` ends with Tweedie's x̂_0 = (x − σ ε)/m at times[-1] (one more call). Deterministic: `generator` is unused.
     """
     times = check_grid(times)
     model = CountedModel(eps_fn)

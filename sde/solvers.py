@@ -145,7 +145,7 @@ class ProbabilityFlow(FlowField):
         return self.coefficients(t).flow_drift(x, self.model(x, batch_time(t, x)))
 
 
-# --- ODEs (torchdiffeq, and rk45) -----------------------------------------------------------------------------------------
+# --- ODEs (torchdiffeq, and rk45) -------------------------------------------------------------------------------------
 def ode_grid(method: str, steps: int | None, t_eps: float, T: float = 1.0) -> torch.Tensor:
     """The grid an ODE method takes from T to t_eps: the two ends for an adaptive method (steps None), `steps`
     equal steps (`uniform_grid`) for a fixed-step one."""

@@ -381,8 +381,8 @@ def nan_below_half(eps_fn):
     return broken
 
 
-@pytest.mark.parametrize("name, options", [("ode", {}), ("ode", {"method": "rk45"}), ("ode", {"method": "rk4", "steps": 20}),
-                                           ("sde", {"steps": 50}),
+@pytest.mark.parametrize("name, options", [("ode", {}), ("ode", {"method": "rk45"}),
+                                           ("ode", {"method": "rk4", "steps": 20}), ("sde", {"steps": 50}),
                                            ("sde", {"steps": 50, "method": "srk"}), ("heun", {}), ("dpm2m", {}),
                                            ("pc", {"steps": 50}), ("ddpm", {}), ("ddim", {"steps": 20})])
 def test_non_finite_model_output_names_the_time(name, options):
