@@ -110,3 +110,26 @@ def test_solve_ode_packs_a_tuple_state_into_one_vector():
     assert torch.allclose(x1.reshape(-1), exact(x0.reshape(-1), 0.0, 1.0), atol=1e-5)
     assert [step["i"] for step in seen] == list(range(len(seen))) and seen[-1]["t"] == 1.0
     assert isinstance(seen[-1]["x"], tuple) and seen[-1]["x"][0].shape == (3, 4)
+
+
+def test_a_flow_field_takes_each_steps_coefficients_from_one_call(monkeypatch):
+    """The probability flow under rk45 computes the SDE's coefficients one t at a time only for the first call and
+    the first-step probe; every stage of every step reads the step's prefetched table, and the solution is the one
+    computed without the table (float64 coefficients either way, a float64 state)."""
+    from sde import VPSDE
+    from sde.gaussian import gaussian
+
+    vp = VPSDE()
+    data = gaussian(torch.zeros(6, dtype=torch.float64), torch.linspace(0.1, 1.0, 6, dtype=torch.float64))
+    x_T = torch.randn(5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = torch.tensor([1.0, 1e-3], dtype=torch.float64)
+    one_at_a_time = []
+    original = solvers.coefficients_at
+    monkeypatch.setattr(solvers, "coefficients_at", lambda sde, t: one_at_a_time.append(t) or original(sde, t))
+    model = solvers.CountedModel(data.eps_fn(vp))
+    with_table = solvers.solve_ode(solvers.ProbabilityFlow(model, vp), x_T, times, model, "rk45", 1e-6, 1e-6)
+    assert len(one_at_a_time) == 2 and model.nfe > 50
+    flow = solvers.ProbabilityFlow(solvers.CountedModel(data.eps_fn(vp)), vp)
+    without = solvers.solve_ode(lambda t, x: flow(torch.tensor(t, dtype=torch.float64), x), x_T, times, model,
+                                "rk45", 1e-6, 1e-6)
+    assert torch.allclose(with_table, without, rtol=0, atol=1e-12)
