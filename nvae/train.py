@@ -54,7 +54,7 @@ class InPlaceAdamax(torch.optim.Adamax):
 
     torch's multi-tensor Adamax allocates |g| (and g + λp) anew each step, as many tensors as weights; on a CPU a
     large allocation is fresh pages from the system each time. In place, the digits VAE's update (229 tensors,
-    1.5 M weights) takes 5.3 ms a step instead of 7.2 inside the training step. It also reads the step counts in
+    1.5 M weights) takes 6.4–6.5 ms a step instead of 7.1–7.4 inside the training step (alternated in one hour). It also reads the step counts in
     one go (torch reads each with `.item()`). Plain options only: no maximize, capturable, differentiable or complex
     weights (ValueError), which `fastest_optimizer` leaves to torch."""
 
