@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from sde.solvers import ADAPTIVE_ODE_METHODS
+
 from . import cli
 from .build import load, load_splits, plain
 from .cli import run
@@ -138,11 +140,13 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 
 def nll_settings(model, options: dict) -> dict:
-    """`nll` options with each null (k, rtol, atol) taken from the run's own final evaluation (`train.final_eval`:
-    k and its ODE tolerances, chosen by benchmarks/nll_tolerance.py), else k = 4 and 1e-5, so that `lsgm.evaluate`
-    reproduces the NLL its training run reported."""
+    """`nll` options with each null (k, rtol, atol, method) taken from the run's own final evaluation
+    (`train.final_eval`: k and its ODE tolerances, chosen by benchmarks/nll_tolerance.py, and its ODE method), else
+    k = 4, 1e-5 and dopri5, so that `lsgm.evaluate` reproduces the NLL its training run reported."""
     final = plain(model.config.get("train", {})).get("final_eval") or {}
-    run = {"k": final.get("k", 4), **{key: final.get("ode", {}).get(key, 1e-5) for key in ("rtol", "atol")}}
+    ode = final.get("ode") or {}
+    run = {"k": final.get("k", 4), "method": ode.get("method", "dopri5"),
+           **{key: ode.get(key, 1e-5) for key in ("rtol", "atol")}}
     return {**options, **{key: run[key] for key in run if options.get(key) is None}}
 
 
@@ -250,6 +254,8 @@ def check_arguments(cfg) -> None:
 
 def check_nll_options(options: dict) -> None:
     cli.optional_positive_integer(options["k"], "nll.k")
+    if options.get("method") is not None:
+        cli.choice(options["method"], ADAPTIVE_ODE_METHODS, "nll.method")
     for key in ("rtol", "atol"):
         if options[key] is not None:
             cli.positive_number(options[key], f"nll.{key}")

@@ -54,9 +54,9 @@ class InPlaceAdamax(torch.optim.Adamax):
 
     torch's multi-tensor Adamax allocates |g| (and g + λp) anew each step, as many tensors as weights; on a CPU a
     large allocation is fresh pages from the system each time. In place, the digits VAE's update (229 tensors,
-    1.5 M weights) takes 6.4–6.5 ms a step instead of 7.1–7.4 inside the training step (alternated in one hour). It also reads the step counts in
-    one go (torch reads each with `.item()`). Plain options only: no maximize, capturable, differentiable or complex
-    weights (ValueError), which `fastest_optimizer` leaves to torch."""
+    1.5 M weights) takes 6.4–6.5 ms a step instead of 7.1–7.4 inside the training step (alternated in one hour).
+    It also reads the step counts in one go (torch reads each with `.item()`). Plain options only: no maximize,
+    capturable, differentiable or complex weights (ValueError), which `fastest_optimizer` leaves to torch."""
 
     def __init__(self, params, **options):
         if any(options.get(key) for key in ("maximize", "capturable", "differentiable")):

@@ -58,6 +58,20 @@ def test_command_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.returncode == 2 and "valid" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_evaluate_takes_the_nll_ode_method(tiny_checkpoint, tmp_path):
+    """nll.method=rk45: the command's NLL is test_nll's with rk45 (the run's own method, dopri5, when null)."""
+    cfg = compose(evaluate.CONFIG, [f"ckpt={tiny_checkpoint}", f"out={tmp_path}", "logger=none", "tasks=[nll]",
+                                    "max_images=6", "nll.k=1", "nll.method=rk45"])
+    evaluate.main(cfg)
+    nll = json.loads((tmp_path / "nll.json").read_text())
+    model = load(tiny_checkpoint)
+    torch.manual_seed(cfg.seed)
+    x = load_splits(model.config.data)["test"].x[:6]
+    options = {key: value for key, value in evaluate.nll_settings(model, {}).items() if key in ("rtol", "atol")}
+    direct = evaluate.test_nll(model, x, k=1, method="rk45", **options)
+    assert nll["nll_bits_per_dim"] == pytest.approx(direct.bpd, rel=1e-5) and nll["nll_nfe"] == direct.nfe
+
+
 def test_evaluate_writes_every_table_and_plot(tiny_checkpoint, tmp_path, monkeypatch):
     """Every task's JSON and plots; the rate-distortion, NLL and quality tables as CSVs and, in the offline wandb run
     (job_type "eval"), as wandb.Tables."""
@@ -145,14 +159,15 @@ def test_a_ddpm_test_nll_is_its_variational_bound(tmp_path):
 
 
 def test_evaluate_takes_the_runs_own_nll_settings_unless_given(tiny_checkpoint):
-    """nll.k / rtol / atol left null are the training run's train.final_eval (so `lsgm.evaluate` reproduces the NLL
-    its run reported); given ones win; a config without final_eval gets k = 4 and 1e-5."""
+    """nll.k / rtol / atol / method left null are the training run's train.final_eval (so `lsgm.evaluate`
+    reproduces the NLL its run reported); given ones win; a config without final_eval gets k = 4, 1e-5 and dopri5."""
     model = load(tiny_checkpoint)
     final = model.config.train.final_eval
-    unset = {"k": None, "rtol": None, "atol": None, "repeats": 1}
+    unset = {"k": None, "rtol": None, "atol": None, "method": None, "repeats": 1}
     assert evaluate.nll_settings(model, unset) == {"k": final.k, "rtol": final.ode.rtol, "atol": final.ode.atol,
-                                                   "repeats": 1}
+                                                   "method": "dopri5", "repeats": 1}
     given = evaluate.nll_settings(model, {**unset, "k": 7, "atol": 0.5})
     assert (given["k"], given["rtol"], given["atol"]) == (7, final.ode.rtol, 0.5)
     bare = SimpleNamespace(config=OmegaConf.create({"train": {}}))
-    assert evaluate.nll_settings(bare, unset) == {"k": 4, "rtol": 1e-5, "atol": 1e-5, "repeats": 1}
+    assert evaluate.nll_settings(bare, unset) == {"k": 4, "rtol": 1e-5, "atol": 1e-5, "method": "dopri5",
+                                                  "repeats": 1}

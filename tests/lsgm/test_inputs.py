@@ -78,6 +78,7 @@ def refusal(command: str, *arguments: str, ckpt: str = "no/such/checkpoint.pt") 
     ("evaluate", ["split=dev"], "unknown split 'dev'; valid: train, val, test"),
     ("evaluate", ["max_images=0"], "max_images must be a positive integer, got 0"),
     ("evaluate", ["nll.k=0"], "nll.k must be a positive integer, got 0"),
+    ("evaluate", ["nll.method=rk4"], "unknown nll.method 'rk4'; valid: rk45, dopri5, "),
     ("evaluate", ["nll.kk=4"], "unknown argument nll.kk=4; valid: sampler=<ddim|ddpm|dpm2m|heun|ode|pc|sde>, "
                                "logger=<none|wandb>, ckpt, tasks,"),
     ("evaluate", ["bound.report_steps=[]"], "bound.report_steps must be a non-empty list"),
