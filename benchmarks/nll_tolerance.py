@@ -1,11 +1,12 @@
 """How the test NLL's estimate depends on the ODE tolerance, the Hutchinson probes and k, and what each costs.
 
     python benchmarks/nll_tolerance.py CKPT [--images 120] [--tolerances 1e-3 1e-4 1e-5] [--probes 1 4] [--k 1 4]
-        [--reference-tolerance 1e-6] [--reference-probes 8] [--seed 0] [--threads 2] [--out DIR]
+        [--methods dopri5 rk45] [--reference-tolerance 1e-6] [--reference-probes 8] [--seed 0] [--threads 2]
+        [--out DIR]
 
 CKPT is a model with a likelihood (LSGM, a pixel SGM). Every row scores the same first `--images` test images with
-`lsgm.evaluate.test_nll` under one setting — rtol = atol = the tolerance, the mean of `probes` Hutchinson
-integrations (Rademacher probes), k importance samples — from the same
+`lsgm.evaluate.test_nll` under one setting — the ODE method (`--methods`; the reference's is dopri5), rtol = atol =
+the tolerance, the mean of `probes` Hutchinson integrations (Rademacher probes), k importance samples — from the same
 seed, so all rows of one k share their posterior draws and differ only by the ODE's error and the probes' noise.
 
 For each k the reference row is the tightest setting (`--reference-tolerance`, `--reference-probes`). A row's
@@ -34,8 +35,9 @@ import torch
 import lsgm
 from lsgm.build import load_splits
 from lsgm.evaluate import test_nll
+from sde.solvers import ADAPTIVE_ODE_METHODS
 
-COLUMNS = ("k", "tolerance", "probes", "bits_per_dim", "delta", "delta_stderr", "delta_spread", "nfe",
+COLUMNS = ("k", "method", "tolerance", "probes", "bits_per_dim", "delta", "delta_stderr", "delta_spread", "nfe",
            "seconds_per_image", "reference")
 
 
@@ -46,6 +48,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 4], help="Hutchinson integrations averaged")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4], help="importance samples")
+    parser.add_argument("--methods", nargs="+", default=["dopri5"], choices=ADAPTIVE_ODE_METHODS,
+                        help="adaptive ODE methods of the rows (the reference's is dopri5)")
     parser.add_argument("--reference-tolerance", type=float, default=1e-6)
     parser.add_argument("--reference-probes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -59,21 +63,22 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return arguments
 
 
-def measure(model, x: torch.Tensor, k: int, tolerance: float, probes: int, seed: int) -> tuple[torch.Tensor, int,
-                                                                                                   float]:
+def measure(model, x: torch.Tensor, k: int, method: str, tolerance: float, probes: int,
+            seed: int) -> tuple[torch.Tensor, int, float]:
     """Per-image bits/dim, the NFE of one solve and the seconds per image of one setting, from `seed`."""
     torch.manual_seed(seed)
     start = time.perf_counter()
-    result = test_nll(model, x, k=k, batch_size=len(x), progress=False, rtol=tolerance, atol=tolerance,
+    result = test_nll(model, x, k=k, batch_size=len(x), progress=False, method=method, rtol=tolerance, atol=tolerance,
                       repeats=probes)
     seconds = time.perf_counter() - start
     return result.nats / (result.dims * math.log(2)), result.nfe, seconds / len(x)
 
 
-def row(k: int, tolerance: float, probes: int, bits: torch.Tensor, reference: torch.Tensor, nfe: int,
+def row(k: int, method: str, tolerance: float, probes: int, bits: torch.Tensor, reference: torch.Tensor, nfe: int,
         seconds: float, is_reference: bool) -> dict:
     difference = (bits - reference).double()
-    return {"k": k, "tolerance": tolerance, "probes": probes, "bits_per_dim": bits.double().mean().item(),
+    return {"k": k, "method": method, "tolerance": tolerance, "probes": probes,
+            "bits_per_dim": bits.double().mean().item(),
             "delta": difference.mean().item(), "delta_stderr": (difference.std() / math.sqrt(len(bits))).item(),
             "delta_spread": difference.std().item(), "nfe": nfe, "seconds_per_image": seconds,
             "reference": is_reference}
@@ -83,21 +88,24 @@ def sweep(model, x: torch.Tensor, arguments: argparse.Namespace) -> list[dict]:
     """The reference and every tolerance × probes setting, for each k."""
     rows = []
     for k in arguments.k:
-        reference = measure(model, x, k, arguments.reference_tolerance, arguments.reference_probes, arguments.seed)
-        rows.append(row(k, arguments.reference_tolerance, arguments.reference_probes, reference[0], reference[0],
-                        *reference[1:], True))
+        reference = measure(model, x, k, "dopri5", arguments.reference_tolerance, arguments.reference_probes,
+                            arguments.seed)
+        rows.append(row(k, "dopri5", arguments.reference_tolerance, arguments.reference_probes, reference[0],
+                        reference[0], *reference[1:], True))
         print(markdown(rows[-1]), flush=True)
-        for tolerance in arguments.tolerances:
-            for probes in arguments.probes:
-                bits, nfe, seconds = measure(model, x, k, tolerance, probes, arguments.seed)
-                rows.append(row(k, tolerance, probes, bits, reference[0], nfe, seconds, False))
-                print(markdown(rows[-1]), flush=True)
+        for method in arguments.methods:
+            for tolerance in arguments.tolerances:
+                for probes in arguments.probes:
+                    bits, nfe, seconds = measure(model, x, k, method, tolerance, probes, arguments.seed)
+                    rows.append(row(k, method, tolerance, probes, bits, reference[0], nfe, seconds, False))
+                    print(markdown(rows[-1]), flush=True)
     return rows
 
 
 def markdown(entry: dict) -> str:
     delta = "reference" if entry["reference"] else f"{entry['delta']:+.1e} ± {entry['delta_stderr']:.1e}"
-    return (f"| {entry['k']} | {entry['tolerance']:.0e} | {entry['probes']} | {entry['bits_per_dim']:.4f} | {delta} "
+    return (f"| {entry['k']} | {entry['method']} | {entry['tolerance']:.0e} | {entry['probes']} "
+            f"| {entry['bits_per_dim']:.4f} | {delta} "
             f"| {entry['delta_spread']:.1e} | {entry['nfe']} | {entry['seconds_per_image'] * 1e3:.1f} |")
 
 
@@ -107,8 +115,8 @@ def write(rows: list[dict], out: Path, header: str) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    table = ["| k | rtol = atol | probes | bits/dim | Δ vs reference | spread | NFE | ms / image |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|", *map(markdown, rows)]
+    table = ["| k | method | rtol = atol | probes | bits/dim | Δ vs reference | spread | NFE | ms / image |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|", *map(markdown, rows)]
     (out / "nll_tolerance.md").write_text(header + "\n\n" + "\n".join(table) + "\n")
 
 
