@@ -56,20 +56,28 @@ def check_train_config(train) -> None:
         raise ValueError(f"train.max_skipped_steps must be a positive integer, got {skipped!r}")
 
 
-def _host_step(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> int | None:
-    """The step count t the optimizer's next step on `parameter` takes (1 before its first), or None where the count
-    lives on a device (fused or capturable on CUDA), since reading it would wait for the device."""
-    step = optimizer.state.get(parameter, {}).get("step", 0)
-    if torch.is_tensor(step):
-        if step.device.type != "cpu":
-            return None
-        step = step.item()
-    return int(step) + 1
+def _host_steps(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[int] | None:
+    """The step count t each parameter's next step takes (1 before its first; the counts differ between weights
+    where some had no gradient on some steps), read in one go; None where a count lives on a device (fused or
+    capturable on CUDA), since reading it would wait for the device."""
+    counts = [optimizer.state.get(p, {}).get("step", 0) for p in params]
+    tensors = [count for count in counts if torch.is_tensor(count)]
+    if any(count.device.type != "cpu" for count in tensors):
+        return None
+    values = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [int(next(values) if torch.is_tensor(count) else count) + 1 for count in counts]
+
+
+def _step_bound(adamax: bool, lr: float, beta1: float, beta2: float, step: int) -> float:
+    """The largest |Δθ| of one weight at step count t (`update_bound`'s two lines), without the decoupled decay."""
+    if adamax:
+        return lr / (1 - beta1**step) * (1 - beta1) / (1 - beta1 / beta2)
+    return lr * (1 - beta1) / (1 - beta1**step) * math.sqrt((1 - beta2**step) / ((1 - beta2) * (1 - beta1**2 / beta2)))
 
 
 def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
     """(a, c) with ‖θ_new − θ_old‖ ≤ a + c‖θ_old‖ for the optimizer's next step, whatever the gradients, from its
-    hyperparameters and step count t alone; None for an optimizer without a known bound. Per weight:
+    hyperparameters and each weight's step count t alone; None for an optimizer without a known bound. Per weight:
 
         Adamax       |Δθ| = lr/(1 − β1^t) · |m_t|/u_t ≤ lr/(1 − β1^t) · (1 − β1)/(1 − β1/β2)           (β1 < β2)
 
@@ -79,8 +87,8 @@ def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None
                           ≤ lr · (1 − β1)/(1 − β1^t) · √((1 − β2^t)/((1 − β2)(1 − β1²/β2)))           (β1² < β2)
 
     by Cauchy–Schwarz of m_t against v_t = (1 − β2) Σ_k β2^k g²_{t−k} (AMSGrad's larger v only lowers it; eps too).
-    With n_g weights in group g, a = √(Σ_g n_g |Δθ|²_g) and c = max_g lr_g λ_g (decoupled decay; 0 else). Assumes the
-    moments were built with the current betas, as they are within a run.
+    With n_p weights in tensor p at its own count t_p, a = √(Σ_p n_p |Δθ|²(t_p)) and c = max_g lr_g λ_g (decoupled
+    decay; 0 else). Assumes the moments were built with the current betas, as they are within a run.
     """
     kinds = (torch.optim.Adamax, torch.optim.Adam, torch.optim.AdamW, InPlaceAdamax)
     if type(optimizer) not in kinds:  # a subclass may change the update: only these are known
@@ -88,24 +96,19 @@ def update_bound(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None
     squared, decay = 0.0, 0.0
     for group in optimizer.param_groups:
         params = group["params"]
-        if not params:
-            continue
-        step = _host_step(optimizer, params[0])
-        if step is None:
+        steps = _host_steps(optimizer, params)
+        if steps is None:
             return None
         lr, (beta1, beta2) = float(group["lr"]), group["betas"]
-        if isinstance(optimizer, torch.optim.Adamax):
-            if not beta1 < beta2:
-                return None
-            per_weight = lr / (1 - beta1**step) * (1 - beta1) / (1 - beta1 / beta2)
-        else:
-            if not beta1**2 < beta2:
-                return None
-            per_weight = lr * (1 - beta1) / (1 - beta1**step) * math.sqrt(
-                (1 - beta2**step) / ((1 - beta2) * (1 - beta1**2 / beta2)))
-            if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
-                decay = max(decay, lr * group["weight_decay"])
-        squared += sum(p.numel() for p in params) * per_weight**2
+        adamax = isinstance(optimizer, torch.optim.Adamax)
+        if not (beta1 < beta2 if adamax else beta1**2 < beta2):
+            return None
+        if not adamax and (isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay")):
+            decay = max(decay, lr * group["weight_decay"])
+        weights_at: dict[int, int] = {}
+        for p, step in zip(params, steps):
+            weights_at[step] = weights_at.get(step, 0) + p.numel()
+        squared += sum(count * _step_bound(adamax, lr, beta1, beta2, step) ** 2 for step, count in weights_at.items())
     return math.sqrt(squared), decay
 
 
@@ -116,9 +119,12 @@ class UpdateGuard:
 
     One guard serves a run's steps of one optimizer. ‖θ‖ is measured when needed and then carried as a lower bound
     L: after a certified step ‖θ_new‖ ≥ ‖θ‖ − (a + c‖θ‖) ≥ (1 − c)L − a (c ≤ 1), valid while nothing else has
-    written the weights, which their version counters tell (every in-place write bumps one: a checkpoint's
-    load, an EMA swap, an undo). A step whose a ≤ (r − c)L needs no norm at all; with the default limit the norm
-    is taken every ~15–30 steps of the VAE's Adamax instead of every step.
+    written the weights, which their version counters tell: autograd's in-place operations bump them (copy_,
+    load_state_dict, an EMA swap, an undo, torch's foreach optimizers), writes through `.data` and fused optimizer
+    kernels do not. In a run the only such writes are the guarded step itself (the score model's fused AdamW,
+    bounded by a) and `distributed.broadcast_module` before the first step; a new writer of that kind must call
+    `forget()`. A step whose a ≤ (r − c)L needs no norm at all; with the default limit the norm is taken every
+    ~15–30 steps of the VAE's Adamax instead of every step.
     """
 
     def __init__(self, parameters: list[torch.Tensor], max_update_ratio: float | None,
@@ -129,6 +135,10 @@ class UpdateGuard:
         self.floor: float | None = None  # a lower bound on ‖θ‖ while the weights' versions are `versions`
         self.versions: list[int] | None = None
         self.norms_taken = 0
+
+    def forget(self) -> None:
+        """Drop the carried bound of ‖θ‖ (the weights were written where their version counters do not show it)."""
+        self.floor, self.versions = None, None
 
     def _versions(self) -> list[int]:
         return [p._version for p in self.parameters]
@@ -170,9 +180,10 @@ class UpdateGuard:
         torch._foreach_copy_(self.parameters, self.before)
 
     def __exit__(self, *exception) -> None:
-        self.versions = self._versions() if self.certified and exception[0] is None else None
-        if self.versions is None:
-            self.floor = None
+        if self.certified and exception[0] is None:
+            self.versions = self._versions()
+        else:
+            self.forget()
         self.before, self.certified = None, False
 
 

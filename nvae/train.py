@@ -56,11 +56,14 @@ class InPlaceAdamax(torch.optim.Adamax):
     large allocation is fresh pages from the system each time. In place, the digits VAE's update (229 tensors,
     1.5 M weights) takes 6.4–6.5 ms a step instead of 7.1–7.4 inside the training step (alternated in one hour).
     It also reads the step counts in one go (torch reads each with `.item()`). Plain options only: no maximize,
-    capturable, differentiable or complex weights (ValueError), which `fastest_optimizer` leaves to torch."""
+    capturable, differentiable or foreach=False (ValueError, also from a loaded state), no complex weights; with
+    any of those `fastest_optimizer` gives torch's Adamax."""
+
+    UNSUPPORTED = ("maximize", "capturable", "differentiable")
 
     def __init__(self, params, **options):
-        if any(options.get(key) for key in ("maximize", "capturable", "differentiable")):
-            raise ValueError("InPlaceAdamax takes no maximize, capturable or differentiable option")
+        if any(options.get(key) for key in self.UNSUPPORTED) or options.get("foreach") is False:
+            raise ValueError("InPlaceAdamax takes no maximize, capturable, differentiable or foreach=False option")
         options.pop("foreach", None)
         super().__init__(params, foreach=True, **options)
 
@@ -71,6 +74,8 @@ class InPlaceAdamax(torch.optim.Adamax):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if any(group.get(key) for key in self.UNSUPPORTED):
+                raise ValueError(f"InPlaceAdamax takes none of {self.UNSUPPORTED}; this group sets one")
             params, grads, exp_avgs, exp_infs, steps = [], [], [], [], []
             if self._init_group(group, params, grads, exp_avgs, exp_infs, steps):
                 raise ValueError("InPlaceAdamax takes real weights only")
@@ -102,17 +107,19 @@ def fastest_optimizer(kind: type[torch.optim.Optimizer], params, **options) -> t
     gradients; else torch's multi-tensor update (on a CPU, where torch's default is one tensor at a time, about a
     fifth less time). Each computes the same update, to float32 rounding."""
     params = list(params)
-    if kind is torch.optim.Adamax:
+    if kind is torch.optim.Adamax and not any(options.get(key) for key in InPlaceAdamax.UNSUPPORTED) \
+            and options.get("foreach") is not False:
         return InPlaceAdamax(params, **options)
     try:
-        return kind(params, fused=True, **options)
+        return kind(params, **{"fused": True, **options})
     except (TypeError, RuntimeError):  # no fused kernel for this optimizer, device or torch version
-        return kind(params, foreach=True, **options)
+        return kind(params, **{"foreach": True, **options})
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
     """Adamax (NVAE's choice) or Adam (L2 weight decay: the gradient gains weight_decay * w), or AdamW (decoupled
-    weight decay: w shrinks by lr * weight_decay * w each step), through `fastest_optimizer`."""
+    weight decay: w shrinks by lr * weight_decay * w each step), through `fastest_optimizer` (Adamax: `InPlaceAdamax`,
+    whose step consumes the gradients)."""
     kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if cfg.optimizer not in kinds:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {sorted(kinds)}")

@@ -69,8 +69,8 @@ def integrate(func, y0: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
               prefetch=None) -> torch.Tensor:
     """y(t1) of dy/dt = func(t, y) from y(t0) = y0, y0 a flat (N,) tensor and func(t: float, y (N,)) -> (N,).
 
-    `prefetch(times)` is told the six times t + c_2 h, …, t + h of each step before its calls (a field can
-    compute what depends on t alone in one go); `callback(t, y)` follows each accepted step. Raises
+    `prefetch(times)` is told the stage times t + c_2 h, …, t + c_5 h and t + h of each step before its calls (a
+    field can compute what depends on t alone in one go); `callback(t, y)` follows each accepted step. Raises
     FloatingPointError on a non-finite error estimate and RuntimeError when the step falls below ten float64
     spacings of t (scipy's "required step size is less than spacing between numbers").
     """
@@ -95,10 +95,12 @@ def integrate(func, y0: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
                 t_new = t1
             h = t_new - t
             h_abs = abs(h)
+            # c_6 = c_7 = 1: both at t_new itself, which t + (t_new − t) can miss by one rounding
+            times = [t + C[s] * h for s in range(1, 5)] + [t_new]
             if prefetch is not None:
-                prefetch([t + C[s] * h for s in range(1, 6)] + [t_new])
+                prefetch(times)
             for s in range(1, 6):
-                stages[s] = func(t + C[s] * h, torch.addmv(y, stages[:s].T, a_rows[s], alpha=h))
+                stages[s] = func(times[s - 1], torch.addmv(y, stages[:s].T, a_rows[s], alpha=h))
             y_new = torch.addmv(y, stages[:6].T, b_row, alpha=h)
             stages[6] = func(t_new, y_new)
             scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)

@@ -123,3 +123,49 @@ def test_the_guard_carries_a_lower_bound_of_the_norm_until_the_weights_are_writt
         assert not guard.certified and guard.exceeded()
         guard.undo()
     assert torch.equal(w.detach(), start) and guard.floor is None
+
+
+@pytest.mark.parametrize("kind", ["adamax", "adamw"])
+def test_the_bound_takes_each_weights_own_step_count(kind):
+    """A weight without gradients on some steps is behind the others: its bias correction is the larger one (or,
+    for Adam, another), so the bound sums each tensor's weights at its own count, not the first tensor's."""
+    ahead, behind = torch.nn.Parameter(torch.ones(100)), torch.nn.Parameter(torch.ones(30))
+    optimizer = OPTIMIZERS[kind]([ahead, behind], (0.9, 0.999))
+    for _ in range(50):
+        ahead.grad, behind.grad = torch.ones(100), None
+        optimizer.step()
+    behind.grad = torch.ones(30)
+    optimizer.step()  # ahead at step 51, behind at step 1; the next step takes 52 and 2
+    lr, beta1, beta2 = 0.03, 0.9, 0.999
+    if kind == "adamax":
+        def per_weight(t):
+            return lr / (1 - beta1**t) * (1 - beta1) / (1 - beta1 / beta2)
+    else:
+        def per_weight(t):
+            return lr * (1 - beta1) / (1 - beta1**t) * math.sqrt((1 - beta2**t) / ((1 - beta2)
+                                                                                 * (1 - beta1**2 / beta2)))
+    a, _ = update_bound(optimizer)
+    assert a == pytest.approx(math.sqrt(100 * per_weight(52) ** 2 + 30 * per_weight(2) ** 2), rel=1e-12)
+    first_count_only = math.sqrt(130) * per_weight(52)  # what the first tensor's count alone would have given
+    assert a > (1.5 if kind == "adamax" else 1.005) * first_count_only
+
+
+def test_the_carried_floor_follows_decoupled_decay_and_is_dropped_on_an_error():
+    """AdamW's decay shrinks the weights by lr·λ a step on top of the gradient's move: the carried floor (1 − c)L − a
+    stays below the true norm while the norm falls by a third; an error inside the guarded block drops it."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.nn.Parameter(torch.randn(400, generator=generator, dtype=torch.float64))
+    optimizer = torch.optim.AdamW([w], lr=1e-2, weight_decay=10.0)  # c = 0.1
+    guard = UpdateGuard([w], 0.5, optimizer)
+    start, carried = float(w.detach().norm()), 0
+    for step in range(10):
+        w.grad = gradient("random", step, w.shape, generator)
+        with guard:
+            optimizer.step()
+            assert not guard.exceeded()
+        carried += guard.floor is not None
+        assert guard.floor is None or guard.floor <= float(w.detach().norm())
+    assert float(w.detach().norm()) < 0.7 * start and carried >= 5
+    with pytest.raises(RuntimeError, match="interrupted"), guard:
+        raise RuntimeError("interrupted")
+    assert guard.floor is None

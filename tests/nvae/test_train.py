@@ -103,13 +103,15 @@ def test_in_place_adamax_is_torchs_adamax_and_loads_its_state():
     ours_w = [torch.nn.Parameter(w.clone()) for w in start]
     torch_w = [torch.nn.Parameter(w.clone()) for w in start]
     options = {"lr": 0.02, "weight_decay": 0.1, "betas": (0.8, 0.99)}
+    multi_w = [torch.nn.Parameter(w.clone()) for w in start]
     ours, reference = InPlaceAdamax(ours_w, **options), torch.optim.Adamax(torch_w, foreach=False, **options)
+    multi = torch.optim.Adamax(multi_w, foreach=True, **options)  # the same operations, out of place
 
     def run(steps, offset):
         for step in range(offset, offset + steps):
             grads = [torch.randn(w.shape, generator=generator) for w in start]
             consumed = (grads[0] + 0.1 * ours_w[0].detach()).abs() + 1e-8
-            for params, optimizer in ((ours_w, ours), (torch_w, reference)):
+            for params, optimizer in ((ours_w, ours), (torch_w, reference), (multi_w, multi)):
                 for index, (w, g) in enumerate(zip(params, grads)):
                     w.grad = None if index == 1 and step % 3 == 0 else g.clone()
                 optimizer.step()
@@ -117,6 +119,7 @@ def test_in_place_adamax_is_torchs_adamax_and_loads_its_state():
 
     run(15, 0)
     assert [int(ours.state[w]["step"]) for w in ours_w] == [15, 10, 15]
+    assert all(torch.equal(a, b) for a, b in zip(ours_w, multi_w))  # bit for bit
     for a, b in zip(ours_w, torch_w):
         assert torch.allclose(a, b, rtol=0, atol=1e-6)
     ours.load_state_dict(copy.deepcopy(reference.state_dict()))  # torch's state into ours, ours into a new torch one
@@ -127,3 +130,8 @@ def test_in_place_adamax_is_torchs_adamax_and_loads_its_state():
         assert torch.allclose(a, b, rtol=0, atol=2e-6)
     with pytest.raises(ValueError, match="maximize"):
         InPlaceAdamax(ours_w, maximize=True)
+    ours.param_groups[0]["maximize"] = True  # as a loaded state could set it
+    with pytest.raises(ValueError, match="maximize"):
+        ours.step()
+    assert type(fastest_optimizer(torch.optim.Adamax, ours_w, maximize=True)) is torch.optim.Adamax
+    assert type(fastest_optimizer(torch.optim.Adamax, ours_w, foreach=False)) is torch.optim.Adamax

@@ -42,12 +42,14 @@ def test_solution_within_its_tolerance_and_cost_grows_as_order_five(t0, t1):
     assert 2 <= calls[1e-8] / calls[1e-5] <= 6
 
 
-def test_scipy_rk45_calls_the_same_times():
-    """A nonlinear ODE on float64: every call of scipy's RK45 (first probe, rejected steps included) at the same t,
-    and the same y(t_1) up to rounding."""
+@pytest.mark.parametrize("jump", [0.0, 30.0])
+def test_scipy_rk45_calls_the_same_times(jump):
+    """A nonlinear ODE on float64, smooth or with a jump of its field at t = 1.3 (which the step control meets with
+    rejected steps): every call of scipy's RK45 (the first probe and the rejected steps included) at the same t, and
+    the same y(t_1) up to rounding."""
 
     def nonlinear(t, y):
-        return torch.sin(y) * 4 - y * math.cos(t)
+        return torch.sin(y) * 4 - y * math.cos(t) + (jump if t > 1.3 else 0.0)
 
     y0 = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64)
     ours, theirs = [], []
@@ -55,10 +57,13 @@ def test_scipy_rk45_calls_the_same_times():
     solution = scipy.integrate.solve_ivp(lambda t, y: recorded(nonlinear, theirs)(t, torch.from_numpy(y)).numpy(),
                                          (0.0, 3.0), y0.numpy(), method="RK45", rtol=1e-4, atol=1e-6)
     assert len(ours) == len(theirs) == solution.nfev > 50
+    # a rejected step calls its stages again from the same t: with the jump, the calls' times go back
+    assert (sum(later < earlier for earlier, later in zip(ours, ours[1:])) > 3) == (jump > 0)
     # the sums run in another order, and each step's h is set from the last one's error: roundings (~1e-16) carried
     # through the step control, still ~1e-12 after 60 steps; a different rule would move t by 1e-3 or more
     assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-9
-    assert float((y - torch.from_numpy(solution.y[:, -1])).abs().max()) <= 1e-12
+    # a jump turns the calls' time differences δt into differences jump · δt of the state
+    assert float((y - torch.from_numpy(solution.y[:, -1])).abs().max()) <= 1e-12 + jump * 1e-9
 
 
 @pytest.mark.parametrize("t0, t1", [(1.0, 0.25), (0.25, 1.0)])
