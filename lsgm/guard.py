@@ -62,9 +62,18 @@ def _host_steps(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) ->
     capturable on CUDA), since reading it would wait for the device."""
     counts = [optimizer.state.get(p, {}).get("step", 0) for p in params]
     tensors = [count for count in counts if torch.is_tensor(count)]
-    if any(count.device.type != "cpu" for count in tensors):
-        return None
-    values = iter(torch.stack(tensors).tolist() if tensors else [])
+    values = []
+    if tensors:
+        try:
+            stacked = torch.stack(tensors)
+        except RuntimeError:  # counts on several devices
+            return None
+        if stacked.device.type != "cpu":
+            return None
+        values = stacked.tolist()
+        if len(values) == len(counts):
+            return [int(value) + 1 for value in values]
+    values = iter(values)
     return [int(next(values) if torch.is_tensor(count) else count) + 1 for count in counts]
 
 
